@@ -1,0 +1,46 @@
+"""wbactor: a typed, non-blocking write-behind persistence queue on pykka actors.
+
+Producers tell `Push(item)` to `wb.ref`; the queue applies a bounded overflow
+policy, batches, and hands each batch to your flusher, retrying failures with
+backoff under supervision.
+"""
+
+from wbactor._api import WriteBehind, start
+from wbactor._clock import Clock, MonotonicClock
+from wbactor._config import Config, Flusher, FlusherLike, Policy, default_backoff
+from wbactor._errors import (
+    CapacityRequiredError,
+    CoalesceNeedsKeyError,
+    ConfigError,
+    FlusherRequiredError,
+    PushTimeoutError,
+    QueueClosedError,
+    WriteBehindError,
+)
+from wbactor._messages import Flush, FlushTick, Push, PushMany
+from wbactor._stats import DropReason, Stats
+
+__all__ = [
+    "CapacityRequiredError",
+    "Clock",
+    "CoalesceNeedsKeyError",
+    "Config",
+    "ConfigError",
+    "DropReason",
+    "Flush",
+    "FlushTick",
+    "Flusher",
+    "FlusherLike",
+    "FlusherRequiredError",
+    "MonotonicClock",
+    "Policy",
+    "Push",
+    "PushMany",
+    "PushTimeoutError",
+    "QueueClosedError",
+    "Stats",
+    "WriteBehind",
+    "WriteBehindError",
+    "default_backoff",
+    "start",
+]

@@ -1,0 +1,237 @@
+"""The policy buffer: a pure, single-threaded ledger of where every item is.
+
+It holds the queued items, the batch in flight and every counter, and applies
+the overflow policy. It knows nothing of threads, actors or time sources (the
+time is passed in), so its rules can be tested directly and against a model.
+The inbox (`_inbox.py`) wraps it in a lock.
+
+Positions: every item that enters the queue's tail takes the next position
+(`tail`); items leave from the front (`head`), into a batch or evicted. A
+coalesced item takes over the position of the item it replaces. So "every item
+pushed before now" is "every position below `tail` now", which is how `Flush`
+knows when it is done.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from wbactor._config import Policy
+from wbactor._stats import DropReason, Stats
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable
+
+__all__ = ["PolicyBuffer"]
+
+T = TypeVar("T")
+
+_OLDEST = DropReason.DROP_OLDEST
+_NEWEST = DropReason.DROP_NEWEST
+
+
+class PolicyBuffer(Generic[T]):
+    """Queued items, the batch in flight, and the counters that account for them.
+
+    Not thread-safe. `push` and `push_keyed` return `None` when nothing was
+    dropped, or a 1-tuple holding the dropped item (its reason is
+    `overflow_reason`); the caller reports it.
+    """
+
+    def __init__(self, capacity: int, policy: Policy, now: float = 0.0) -> None:
+        """Make an empty buffer holding at most `capacity` queued items."""
+        self.capacity = capacity
+        self.policy = policy
+        self.overflow_reason = _NEWEST if policy is Policy.DROP_NEWEST else _OLDEST
+        self._keyed = policy is Policy.COALESCE_BY_KEY
+        self._items: deque[T] = deque()
+        self._by_key: OrderedDict[Hashable, T] = OrderedDict()
+        self.head = 0
+        self.tail = 0
+        self.in_flight: list[T] | None = None
+        self.in_flight_start = 0
+        self.coalesced = 0
+        self.rejected = 0
+        self.flushed = 0
+        self.batches = 0
+        self.retries = 0
+        self.restarts = 0
+        self.dropped: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        # (time, tail) marks, at least one per tick: the oldest queued item
+        # entered after the last mark whose tail is <= head.
+        self._marks: deque[tuple[float, int]] = deque([(now, 0)])
+        # push(item) -> the dropped item in a 1-tuple, or None: bound once
+        # to the policy's method, so the hot path has no policy branch.
+        self.push: Callable[[T], tuple[T] | None]
+        if policy is Policy.DROP_NEWEST:
+            self.push = self._push_drop_newest
+        elif policy is Policy.BLOCK:
+            self.push = self._push_block
+        else:
+            self.push = self._push_drop_oldest
+
+    # -- queue contents ---------------------------------------------------
+
+    def __len__(self) -> int:
+        """Return the number of items queued (not counting the batch in flight)."""
+        return len(self._by_key) if self._keyed else len(self._items)
+
+    def full(self) -> bool:
+        """Return whether `capacity` items are queued."""
+        return len(self) >= self.capacity
+
+    def queued(self) -> list[T]:
+        """Return the queued items, oldest first (a copy)."""
+        return list(self._by_key.values()) if self._keyed else list(self._items)
+
+    @property
+    def pushed(self) -> int:
+        """Return the items pushed: entered the tail, coalesced, or refused."""
+        return self.tail + self.coalesced + self.rejected
+
+    def settled(self) -> int:
+        """Return the position below which every item is flushed or dropped."""
+        return self.in_flight_start if self.in_flight is not None else self.head
+
+    # -- pushing ----------------------------------------------------------
+
+    def _push_drop_oldest(self, item: T) -> tuple[T] | None:
+        items = self._items
+        self.tail += 1
+        items.append(item)
+        if len(items) > self.capacity:
+            self.head += 1
+            self.dropped[_OLDEST] += 1
+            return (items.popleft(),)
+        return None
+
+    def _push_drop_newest(self, item: T) -> tuple[T] | None:
+        items = self._items
+        if len(items) >= self.capacity:
+            self.rejected += 1
+            self.dropped[_NEWEST] += 1
+            return (item,)
+        self.tail += 1
+        items.append(item)
+        return None
+
+    def _push_block(self, item: T) -> tuple[T] | None:
+        items = self._items
+        if len(items) >= self.capacity:
+            msg = "BLOCK buffer is full: the inbox must wait for room first"
+            raise OverflowError(msg)
+        self.tail += 1
+        items.append(item)
+        return None
+
+    def push_keyed(self, key: Hashable, item: T) -> tuple[T] | None:
+        """Queue `item` under `key` (COALESCE_BY_KEY); return the item dropped.
+
+        A queued item with the same key is replaced in place. A new key when
+        full evicts the oldest item. The key index is the `OrderedDict`
+        itself, so it cannot go stale.
+        """
+        by_key = self._by_key
+        if key in by_key:
+            by_key[key] = item
+            self.coalesced += 1
+            return None
+        self.tail += 1
+        by_key[key] = item
+        if len(by_key) > self.capacity:
+            self.head += 1
+            self.dropped[_OLDEST] += 1
+            return (by_key.popitem(last=False)[1],)
+        return None
+
+    def reject(self, reason: DropReason) -> None:
+        """Count an item refused at the door (`closed`, `push_timeout`, ...)."""
+        self.rejected += 1
+        self.dropped[reason] += 1
+
+    # -- batches ----------------------------------------------------------
+
+    def take(self, n: int) -> list[T]:
+        """Move up to `n` of the oldest items into flight and return them."""
+        if self.in_flight is not None:
+            msg = "a batch is already in flight"
+            raise RuntimeError(msg)
+        k = min(n, len(self))
+        if self._keyed:
+            popitem = self._by_key.popitem
+            batch = [popitem(last=False)[1] for _ in range(k)]
+        elif k == len(self._items):
+            batch = list(self._items)
+            self._items.clear()
+        else:
+            popleft = self._items.popleft
+            batch = [popleft() for _ in range(k)]
+        self.in_flight_start = self.head
+        self.head += k
+        self.in_flight = batch
+        return batch
+
+    def complete(self) -> int:
+        """Count the batch in flight as flushed; return its size."""
+        batch = self.in_flight
+        if batch is None:
+            return 0
+        self.in_flight = None
+        self.flushed += len(batch)
+        self.batches += 1
+        return len(batch)
+
+    def drop_in_flight(self, reason: DropReason) -> list[T]:
+        """Drop the batch in flight with `reason`; return its items."""
+        batch = self.in_flight or []
+        self.in_flight = None
+        self.dropped[reason] += len(batch)
+        return batch
+
+    def drop_queued(self, reason: DropReason) -> list[T]:
+        """Drop every queued item with `reason`; return them, oldest first."""
+        items = self.queued()
+        self._items.clear()
+        self._by_key.clear()
+        self.head += len(items)
+        self.dropped[reason] += len(items)
+        return items
+
+    # -- time -------------------------------------------------------------
+
+    def mark(self, now: float) -> None:
+        """Note the time against the tail position (once per tick)."""
+        marks = self._marks
+        if marks[-1][1] == self.tail:
+            marks[-1] = (now, self.tail)  # nothing entered since: tighter bound
+        else:
+            marks.append((now, self.tail))
+        self._prune_marks()
+
+    def _prune_marks(self) -> None:
+        marks, head = self._marks, self.head
+        while len(marks) > 1 and marks[1][1] <= head:
+            marks.popleft()
+
+    def oldest_age(self, now: float) -> float:
+        """Return an upper bound, tight to one tick, on the oldest item's wait."""
+        if not len(self):
+            return 0.0
+        self._prune_marks()
+        return max(0.0, now - self._marks[0][0])
+
+    def stats(self, now: float) -> Stats:
+        """Return a snapshot of every counter."""
+        return Stats(
+            pushed=self.pushed,
+            flushed=self.flushed,
+            coalesced=self.coalesced,
+            dropped=Stats.freeze_dropped(self.dropped),
+            retries=self.retries,
+            restarts=self.restarts,
+            batches=self.batches,
+            depth=len(self),
+            in_flight=len(self.in_flight) if self.in_flight is not None else 0,
+            oldest_age=self.oldest_age(now),
+        )

@@ -1,0 +1,210 @@
+"""Configuration: `Config`, `Policy` and `default_backoff`.
+
+`Config` checks every value once, in its constructor, so that nothing on the
+hot path has to.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+
+from wbactor._errors import (
+    CapacityRequiredError,
+    CoalesceNeedsKeyError,
+    ConfigError,
+    FlusherRequiredError,
+)
+
+if TYPE_CHECKING:
+    from wbactor._clock import Clock
+    from wbactor._stats import DropReason
+
+__all__ = ["Config", "Flusher", "FlusherLike", "Policy", "default_backoff"]
+
+T = TypeVar("T")
+
+
+class Policy(enum.Enum):
+    """What happens to a push when the queue already holds `capacity` items."""
+
+    DROP_OLDEST = "drop_oldest"
+    """Evict the oldest queued item (`on_drop(old, "drop_oldest")`)."""
+
+    DROP_NEWEST = "drop_newest"
+    """Refuse the new item (`on_drop(item, "drop_newest")`)."""
+
+    BLOCK = "block"
+    """Make the producer wait for room (`push(timeout=)`, `block_timeout`)."""
+
+    COALESCE_BY_KEY = "coalesce_by_key"
+    """Replace a queued item with the same key in place; a new key evicts the oldest."""
+
+
+class Flusher(Protocol[T]):
+    """An object that writes one batch to the store.
+
+    `flush` may raise anything: the attempt counts as failed and is retried
+    with backoff. It should be idempotent (an upsert): an attempt abandoned
+    after `flush_timeout` may still complete later.
+    """
+
+    def flush(self, batch: list[T], /) -> object:
+        """Write `batch`, in push order; raise to have it retried."""
+
+
+FlusherLike = Flusher[T] | Callable[[list[T]], object]
+"""A `Flusher`, or a plain callable taking the batch."""
+
+
+_BACKOFF_CAPPED_FROM = 7  # 0.1 * 2**6 = 6.4 s, already past the 5 s cap
+
+
+def default_backoff(attempt: int) -> float:
+    """Return seconds to wait before retry `attempt` (1-based).
+
+    `0.1 * 2 ** (attempt - 1)`, capped at 5.0; `attempt <= 1` gives 0.1.
+    """
+    if attempt <= 1:
+        return 0.1
+    # Past attempt 7 the cap holds; stopping there keeps 2**n small.
+    return min(0.1 * 2.0 ** (min(attempt, _BACKOFF_CAPPED_FROM) - 1), 5.0)
+
+
+def _is_positive_number(value: object) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_flusher(value: object) -> bool:
+    return callable(getattr(value, "flush", None)) or callable(value)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Config(Generic[T]):
+    """How a queue is bounded, batched, flushed and retried.
+
+    Every value is checked here, in this order: `capacity`, the flusher,
+    `key_func` for coalescing, then the rest. A bad value raises a
+    `ConfigError` subclass naming the field.
+    """
+
+    capacity: int
+    """Most items held in the queue (the batch in flight is not counted)."""
+
+    flusher: FlusherLike[T] | None = None
+    """Writes batches: an object with `flush(batch)` or a callable. Required
+    unless `flusher_factory` is given."""
+
+    batch_size: int = 100
+    """Most items per flush call, also during the final drain."""
+
+    flush_interval: float = 1.0
+    """Seconds between ticks; a tick flushes whatever is queued. It bounds how
+    long a healthy queue lets an item wait."""
+
+    policy: Policy = Policy.DROP_OLDEST
+    """The overflow policy, applied when `capacity` items are queued."""
+
+    key_func: Callable[[T], Hashable] | None = None
+    """Item to hashable key; required for `Policy.COALESCE_BY_KEY`."""
+
+    retry_backoff: Callable[[int], float] | None = None
+    """Attempt number (1-based) to seconds before the retry; None means
+    `default_backoff`."""
+
+    max_retries: int = 3
+    """Retries after the first attempt before a batch is dropped with
+    `retries_exhausted`; 0 means none, -1 retries forever."""
+
+    on_drop: Callable[[T, DropReason], object] | None = None
+    """Called once for each dropped item, outside any lock, with the reason.
+    Exceptions it raises are logged and swallowed."""
+
+    flush_timeout: float | None = None
+    """Seconds an attempt may run before it counts as failed and the flusher
+    is replaced; None means no limit."""
+
+    block_timeout: float | None = None
+    """`Policy.BLOCK`: seconds a `tell(Push)` waits for room before the item is
+    dropped with `push_timeout`; None waits until room or stop."""
+
+    flusher_factory: Callable[[], FlusherLike[T]] | None = None
+    """Makes a fresh flusher at start and at every restart, so a broken
+    connection is rebuilt."""
+
+    clock: Clock | None = None
+    """The time source; None means the monotonic clock. Tests pass a
+    `wbactor.testing.ManualClock`."""
+
+    def __post_init__(self) -> None:
+        """Check every field, in the documented order."""
+        if not _is_int(self.capacity) or self.capacity <= 0:
+            msg = f"capacity must be a positive int, got {self.capacity!r}"
+            raise CapacityRequiredError(msg)
+        if self.flusher is None and self.flusher_factory is None:
+            msg = "a flusher is required: pass flusher= or flusher_factory="
+            raise FlusherRequiredError(msg)
+        if self.flusher is not None and not _is_flusher(self.flusher):
+            msg = (
+                "flusher must have a flush(batch) method or be callable, "
+                f"got {type(self.flusher).__name__}"
+            )
+            raise FlusherRequiredError(msg)
+        factory: object = self.flusher_factory
+        if factory is not None and not callable(factory):
+            msg = f"flusher_factory must be callable, got {factory!r}"
+            raise FlusherRequiredError(msg)
+        if self.policy is Policy.COALESCE_BY_KEY and self.key_func is None:
+            msg = "Policy.COALESCE_BY_KEY needs key_func= (item -> hashable key)"
+            raise CoalesceNeedsKeyError(msg)
+        self._check_rest()
+
+    def _check_rest(self) -> None:
+        policy: object = self.policy
+        if not isinstance(policy, Policy):
+            msg = f"policy must be a wbactor.Policy, got {policy!r}"
+            raise ConfigError(msg)
+        if not _is_int(self.batch_size) or self.batch_size <= 0:
+            msg = f"batch_size must be a positive int, got {self.batch_size!r}"
+            raise ConfigError(msg)
+        if not _is_positive_number(self.flush_interval):
+            msg = (
+                "flush_interval must be a positive number of seconds, "
+                f"got {self.flush_interval!r}"
+            )
+            raise ConfigError(msg)
+        if not _is_int(self.max_retries) or self.max_retries < -1:
+            msg = (
+                "max_retries must be an int >= -1 (-1 retries forever), "
+                f"got {self.max_retries!r}"
+            )
+            raise ConfigError(msg)
+        for name in ("flush_timeout", "block_timeout"):
+            value = getattr(self, name)
+            if value is not None and not _is_positive_number(value):
+                msg = f"{name} must be None or a positive number, got {value!r}"
+                raise ConfigError(msg)
+        for name in ("key_func", "retry_backoff", "on_drop"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                msg = f"{name} must be callable or None, got {value!r}"
+                raise ConfigError(msg)
+        clock = self.clock
+        if clock is not None and not (
+            callable(getattr(clock, "now", None))
+            and callable(getattr(clock, "wait", None))
+        ):
+            msg = f"clock must be a wbactor.Clock (now() and wait()), got {clock!r}"
+            raise ConfigError(msg)

@@ -1,0 +1,116 @@
+"""The flusher actor: calls the user's flusher, one batch at a time.
+
+It flushes the batch in flight, then keeps taking full batches straight from
+the inbox while they are waiting, so a healthy queue under a backlog needs no
+actor message per batch. Whatever the flusher raises, `BaseException`
+included, is caught and reported to the supervisor as `BatchFailed`: nothing
+escapes into pykka, which would stop every actor in the process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pykka
+
+from wbactor._inbox import Stale
+from wbactor._log import BATCH_FLUSHED, describe, logger
+from wbactor._messages import BatchFailed, BatchFlushed, FlusherDied, RunBatches
+
+if TYPE_CHECKING:
+    import threading
+    from collections.abc import Callable
+    from types import TracebackType
+
+    from wbactor._config import FlusherLike
+    from wbactor._inbox import PolicyInbox
+
+__all__ = ["FlusherActor", "as_flush_function"]
+
+T = TypeVar("T")
+
+
+def as_flush_function(flusher: FlusherLike[T]) -> Callable[[list[T]], object]:
+    """Return the callable that flushes a batch: `flusher.flush` or `flusher`."""
+    flush = getattr(flusher, "flush", None)
+    if callable(flush):
+        return flush  # type: ignore[no-any-return]
+    return flusher  # type: ignore[return-value]
+
+
+class FlusherActor(pykka.ThreadingActor, Generic[T]):
+    """Runs the user's flusher for one supervisor generation."""
+
+    # A flush hung in user code must not keep the process alive at exit.
+    use_daemon_thread = True
+
+    def __init__(
+        self,
+        *,
+        flusher: FlusherLike[T],
+        generation: int,
+        inbox: PolicyInbox[T],
+        supervisor: pykka.ActorRef[Any],
+        retired: threading.Event,
+    ) -> None:
+        """Make the flusher actor of `generation`."""
+        super().__init__()
+        self._flusher = flusher
+        self._flush = as_flush_function(flusher)
+        self._generation = generation
+        self._inbox = inbox
+        self._supervisor = supervisor
+        self._retired = retired
+
+    def on_receive(self, message: Any) -> None:
+        """Run batches when the supervisor says so."""
+        if isinstance(message, RunBatches) and message.generation == self._generation:
+            self._run()
+
+    def _run(self) -> None:
+        generation, inbox, flush = self._generation, self._inbox, self._flush
+        batch = inbox.batch_for(generation)
+        while batch is not None:
+            started = time.perf_counter()
+            try:
+                flush(batch)
+            except BaseException as error:  # noqa: BLE001 - every failure is retried
+                self._supervisor.tell(BatchFailed(generation, error))
+                return
+            logger.debug(
+                BATCH_FLUSHED,
+                batch_size=len(batch),
+                duration=time.perf_counter() - started,
+            )
+            after = inbox.batch_done(generation)
+            if isinstance(after, Stale):
+                return  # retired while flushing: the result is not ours to count
+            batch = after
+        self._supervisor.tell(BatchFlushed(generation))
+
+    def on_stop(self) -> None:
+        """Report a death unless retired; close the flusher if it can be."""
+        self._report_death()
+        close = getattr(self._flusher, "close", None)
+        if callable(close):
+            try:
+                close()
+            except Exception as error:  # noqa: BLE001 - a broken connection may not close
+                logger.warning("flusher_close_failed", error=describe(error))
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,  # noqa: ARG002 - pykka's hook
+        exception_value: BaseException | None,  # noqa: ARG002
+        traceback: TracebackType | None,  # noqa: ARG002
+    ) -> None:
+        """Report a death (cannot happen through `flush`, which is guarded)."""
+        self._report_death()
+
+    def _report_death(self) -> None:
+        if not self._retired.is_set():
+            # If the supervisor is gone too, the queue is stopping: no one to tell.
+            with contextlib.suppress(pykka.ActorDeadError):
+                self._supervisor.tell(FlusherDied(self._generation))

@@ -1,0 +1,515 @@
+"""The policy inbox: the queue actor's mailbox, where the overflow policy lives.
+
+pykka calls `put()` for every message told or asked to the queue actor, on the
+sender's thread. `Push`/`PushMany` never become envelopes: their items go
+straight into the `PolicyBuffer` under the policy, so the mailbox is bounded by
+`capacity` whatever producers do. Control messages (pykka's stop, asks,
+`Flush`, ticks, outcomes) are queued apart and always get through.
+
+The actor is woken (`get()` returns) for a control message, or once when a
+full batch is waiting and no batch is in flight: never per push.
+
+The inbox is also the one lock-guarded place the other actors read and write
+the ledger through (batches in flight, generations, counters), so the
+flusher can take its next full batch straight from here without a message.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+import pykka
+
+from wbactor._buffer import PolicyBuffer
+from wbactor._config import Policy
+from wbactor._errors import PushTimeoutError, QueueClosedError
+from wbactor._log import KEY_FUNC_FAILED, ON_DROP_FAILED, describe, logger
+from wbactor._messages import AwaitFlush, BatchReady, Flush, Push, PushMany
+from wbactor._stats import DropReason
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Hashable, Iterable
+
+    from wbactor._clock import Clock
+    from wbactor._config import Config
+    from wbactor._log import DropLog
+    from wbactor._stats import Stats
+
+__all__ = ["STALE", "Envelope", "PolicyInbox", "Stale"]
+
+T = TypeVar("T")
+
+
+class Envelope(NamedTuple):
+    """What the actor loop reads: pykka's envelope shape (message, reply_to)."""
+
+    message: Any
+    reply_to: pykka.Future[Any] | None
+
+
+_BATCH_READY = Envelope(BatchReady(), None)
+
+
+class Stale:
+    """Marker: the caller's flusher generation was replaced."""
+
+    def __repr__(self) -> str:
+        return "STALE"
+
+
+STALE = Stale()
+
+_CLOSED = DropReason.CLOSED
+_KEY_ERROR = DropReason.KEY_ERROR
+_PUSH_TIMEOUT = DropReason.PUSH_TIMEOUT
+
+
+class PolicyInbox(Generic[T]):
+    """The queue actor's inbox and the lock around its `PolicyBuffer`."""
+
+    def __init__(self, config: Config[T], clock: Clock, drop_log: DropLog) -> None:
+        """Make an empty, open inbox for `config`."""
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)  # the queue actor waits here
+        self._room = threading.Condition(self._lock)  # BLOCK producers wait here
+        self._progress = threading.Condition(self._lock)  # outcomes, for waiters
+        self._clock = clock
+        self._drop_log = drop_log
+        self._buffer: PolicyBuffer[T] = PolicyBuffer(
+            config.capacity, config.policy, clock.now()
+        )
+        self._control: deque[Envelope] = deque()
+        self._batch_ready = False
+        self._closed = False
+        self._stopped = False
+        self._batch_size = config.batch_size
+        self._blocking = config.policy is Policy.BLOCK
+        self._block_timeout = config.block_timeout
+        self._key_func = config.key_func
+        self._on_drop = config.on_drop
+        self._room_waiters = 0
+        # Supervision state: the current flusher generation, failed attempts
+        # of the batch in flight, and when its current attempt started.
+        self.generation = 0
+        self.failures = 0
+        self.attempt_started: float | None = None
+
+    # -- pykka's inbox protocol -------------------------------------------
+
+    def put(self, envelope: Any, /) -> None:
+        """Take a message told or asked to the queue actor."""
+        message = envelope.message
+        cls = message.__class__
+        if cls is Push or cls is PushMany:
+            if cls is Push:
+                self.offer(message.item)
+            else:
+                self.offer_many(message.items)
+            if envelope.reply_to is not None:
+                envelope.reply_to.set(None)
+            return
+        with self._lock:
+            if cls is Flush:
+                reply_to = envelope.reply_to
+                if self._stopped:
+                    _fail_dead(reply_to)
+                    return
+                envelope = Envelope(AwaitFlush(self._buffer.tail, reply_to), None)
+            self._control.append(envelope)
+            self._wake.notify()
+
+    def get(self) -> Any:
+        """Block until a control message arrives or a full batch waits."""
+        with self._lock:
+            while True:
+                if self._control:
+                    return self._control.popleft()
+                if self._batch_ready:
+                    self._batch_ready = False
+                    return _BATCH_READY
+                self._wake.wait()
+
+    def empty(self) -> bool:
+        """Return whether no control message is waiting."""
+        return not self._control
+
+    # -- producers --------------------------------------------------------
+
+    def offer(self, item: T) -> None:
+        """Queue one item from `tell(Push)`: never raises for a full queue."""
+        if self._key_func is not None:
+            self.offer_many((item,))
+            return
+        with self._lock:
+            buffer = self._buffer
+            if self._closed:
+                buffer.reject(_CLOSED)
+                dropped: tuple[T] | None = (item,)
+                reason = _CLOSED
+            elif self._blocking and len(buffer) >= buffer.capacity:
+                refused = self._wait_room(self._block_timeout)
+                if refused is None:
+                    dropped = buffer.push(item)
+                    reason = buffer.overflow_reason
+                else:
+                    buffer.reject(refused)
+                    dropped = (item,)
+                    reason = refused
+            else:
+                dropped = buffer.push(item)
+                reason = buffer.overflow_reason
+            if (
+                len(buffer) >= self._batch_size
+                and not self._batch_ready
+                and buffer.in_flight is None
+            ):
+                self._batch_ready = True
+                self._wake.notify()
+        if dropped is not None:
+            self.report_drops(dropped, reason)
+
+    def offer_many(self, items: Iterable[T]) -> None:
+        """Queue items from `tell(PushMany)`, in order, under one lock."""
+        keyed = self._keyed(items)
+        deadline = None
+        if self._blocking and self._block_timeout is not None:
+            deadline = self._clock_deadline(self._block_timeout)
+        drops: list[tuple[T, DropReason]] = []
+        with self._lock:
+            buffer = self._buffer
+            for key, item, key_ok in keyed:
+                if not key_ok:
+                    buffer.reject(_KEY_ERROR)
+                    drops.append((item, _KEY_ERROR))
+                    continue
+                if self._closed:
+                    buffer.reject(_CLOSED)
+                    drops.append((item, _CLOSED))
+                    continue
+                if self._blocking and len(buffer) >= buffer.capacity:
+                    reason = self._wait_room(_remaining(deadline))
+                    if reason is not None:
+                        buffer.reject(reason)
+                        drops.append((item, reason))
+                        continue
+                dropped = (
+                    buffer.push(item)
+                    if self._key_func is None
+                    else buffer.push_keyed(key, item)
+                )
+                if dropped is not None:
+                    drops.append((dropped[0], buffer.overflow_reason))
+            if (
+                len(buffer) >= self._batch_size
+                and not self._batch_ready
+                and buffer.in_flight is None
+            ):
+                self._batch_ready = True
+                self._wake.notify()
+        for item, reason in drops:
+            self.report_drops((item,), reason)
+
+    def push(self, item: T, timeout: float | None) -> None:
+        """Queue one item from `WriteBehind.push()`; raise rather than refuse.
+
+        Raises:
+            QueueClosedError: the queue is stopping or stopped.
+            PushTimeoutError: `Policy.BLOCK` found no room within `timeout`.
+        """
+        [(key, _, key_ok)] = self._keyed((item,))
+        with self._lock:
+            buffer = self._buffer
+            if self._closed:
+                msg = "the queue is stopping or stopped; the item was not accepted"
+                raise QueueClosedError(msg)
+            if key_ok and self._blocking and len(buffer) >= buffer.capacity:
+                reason = self._wait_room(timeout)
+                if reason is _CLOSED:
+                    msg = "the queue stopped while push() waited for room"
+                    raise QueueClosedError(msg)
+                if reason is not None:
+                    msg = f"no room in the queue within {timeout} s"
+                    raise PushTimeoutError(msg)
+            if not key_ok:
+                buffer.reject(_KEY_ERROR)
+                dropped: tuple[T] | None = (item,)
+                reason = _KEY_ERROR
+            elif self._key_func is None:
+                dropped = buffer.push(item)
+                reason = buffer.overflow_reason
+            else:
+                dropped = buffer.push_keyed(key, item)
+                reason = buffer.overflow_reason
+            if (
+                len(buffer) >= self._batch_size
+                and not self._batch_ready
+                and buffer.in_flight is None
+            ):
+                self._batch_ready = True
+                self._wake.notify()
+        if dropped is not None:
+            self.report_drops(dropped, reason)
+
+    def _keyed(self, items: Iterable[T]) -> list[tuple[Hashable, T, bool]]:
+        """Pair each item with its key, outside the lock (`key_func` is user code)."""
+        key_func = self._key_func
+        if key_func is None:
+            return [(None, item, True) for item in items]
+        keyed: list[tuple[Hashable, T, bool]] = []
+        for item in items:
+            try:
+                key = key_func(item)
+                hash(key)
+            except Exception as error:  # noqa: BLE001 - user code; logged, item dropped
+                logger.warning(KEY_FUNC_FAILED, error=describe(error))
+                keyed.append((None, item, False))
+            else:
+                keyed.append((key, item, True))
+        return keyed
+
+    def _wait_room(self, timeout: float | None) -> DropReason | None:
+        """Wait (lock held) for room under BLOCK; return why not, or None."""
+        deadline = None if timeout is None else self._clock_deadline(timeout)
+        self._room_waiters += 1
+        try:
+            buffer = self._buffer
+            while len(buffer) >= buffer.capacity:
+                if self._closed:
+                    return _CLOSED
+                remaining = _remaining(deadline)
+                if remaining is not None and remaining <= 0:
+                    return _PUSH_TIMEOUT
+                self._room.wait(remaining)
+            return _CLOSED if self._closed else None
+        finally:
+            self._room_waiters -= 1
+
+    @staticmethod
+    def _clock_deadline(timeout: float) -> float:
+        # Producer waits are in real time: they are the producer's own time.
+        return _monotonic() + timeout
+
+    def report_drops(self, items: Iterable[T], reason: DropReason) -> None:
+        """Log and hand dropped items to `on_drop`, outside the lock."""
+        items = list(items)
+        if not items:
+            return
+        self._drop_log.note(reason, len(items))
+        on_drop = self._on_drop
+        if on_drop is None:
+            return
+        for item in items:
+            try:
+                on_drop(item, reason)
+            except Exception as error:  # noqa: BLE001 - user code; logged, swallowed
+                logger.warning(
+                    ON_DROP_FAILED, reason=reason.value, error=describe(error)
+                )
+
+    # -- the queue actor ----------------------------------------------------
+
+    def dispatch(self, *, force: bool) -> bool:
+        """Put the next batch in flight if the flusher is idle; return whether.
+
+        Without `force`, only a full batch goes.
+        """
+        with self._lock:
+            buffer = self._buffer
+            if buffer.in_flight is not None or not len(buffer):
+                return False
+            if not force and len(buffer) < self._batch_size:
+                return False
+            buffer.take(self._batch_size)
+            self.failures = 0
+            self.attempt_started = None
+            self._made_room()
+            return True
+
+    def settled(self) -> int:
+        """Return the position below which every item is flushed or dropped."""
+        with self._lock:
+            return self._buffer.settled()
+
+    def tail(self) -> int:
+        """Return the position the next new item will take."""
+        with self._lock:
+            return self._buffer.tail
+
+    def mark_tick(self) -> None:
+        """Note the tick's time, for `Stats.oldest_age`."""
+        now = self._clock.now()
+        with self._lock:
+            self._buffer.mark(now)
+
+    def close(self) -> None:
+        """Refuse new items from now on and release producers waiting for room."""
+        with self._lock:
+            self._closed = True
+            self._room.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        """Whether the queue takes no more items."""
+        return self._closed
+
+    def mark_stopped(self) -> list[pykka.Future[Any]]:
+        """Note the actor stopped; return reply futures of unanswered flushes."""
+        with self._lock:
+            self._closed = True
+            self._stopped = True
+            self._room.notify_all()
+            futures = [
+                env.message.reply_to
+                for env in self._control
+                if isinstance(env.message, AwaitFlush)
+                and env.message.reply_to is not None
+            ]
+            self._control = deque(
+                env for env in self._control if not isinstance(env.message, AwaitFlush)
+            )
+            return futures
+
+    def abandon(self) -> list[T]:
+        """Give up on everything queued or in flight (stop ran out of time).
+
+        The flusher generation moves on, so a late result from a hung attempt
+        is ignored. Returns the items, now counted as dropped with `closed`.
+        """
+        with self._lock:
+            self.generation += 1
+            self.attempt_started = None
+            buffer = self._buffer
+            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
+            self._progress.notify_all()
+            return items
+
+    # -- the flusher --------------------------------------------------------
+
+    def batch_for(self, generation: int) -> list[T] | None:
+        """Return a copy of the batch in flight for `generation`'s attempt."""
+        with self._lock:
+            batch = self._buffer.in_flight
+            if generation != self.generation or batch is None:
+                return None
+            self.attempt_started = self._clock.now()
+            return list(batch)
+
+    def batch_done(self, generation: int) -> list[T] | Stale | None:
+        """Count the batch in flight as flushed; return the next full batch.
+
+        Returns `STALE` (nothing counted) if `generation` was replaced, and
+        None when no full batch waits: the flusher goes idle.
+        """
+        with self._lock:
+            if generation != self.generation:
+                return STALE
+            buffer = self._buffer
+            buffer.complete()
+            self.failures = 0
+            self._progress.notify_all()
+            if len(buffer) >= self._batch_size:
+                batch = buffer.take(self._batch_size)
+                self._made_room()
+                self.attempt_started = self._clock.now()
+                return list(batch)
+            self.attempt_started = None
+            return None
+
+    # -- the supervisor -----------------------------------------------------
+
+    def record_failure(
+        self, generation: int, started: float | None = None
+    ) -> tuple[int, int] | None:
+        """Count a failed attempt of `generation` and retire that generation.
+
+        Returns (failed attempts of the batch in flight, its size), with size
+        0 if nothing was in flight, or None if `generation` was already
+        replaced (a stale report) or, when `started` is given, its attempt
+        is no longer the one that started then.
+        """
+        with self._lock:
+            if generation != self.generation:
+                return None
+            if started is not None and started != self.attempt_started:
+                return None
+            self.generation += 1
+            self.attempt_started = None
+            batch = self._buffer.in_flight
+            if batch is None:
+                return (0, 0)
+            self.failures += 1
+            self._buffer.retries += 1
+            self._progress.notify_all()
+            return (self.failures, len(batch))
+
+    def drop_in_flight(self, reason: DropReason) -> list[T]:
+        """Drop the batch in flight; return its items for `report_drops`."""
+        with self._lock:
+            self.failures = 0
+            items = self._buffer.drop_in_flight(reason)
+            self._progress.notify_all()
+            return items
+
+    def count_restart(self) -> int:
+        """Count a flusher restart; return the total."""
+        with self._lock:
+            self._buffer.restarts += 1
+            self._progress.notify_all()
+            return self._buffer.restarts
+
+    def attempt(self) -> tuple[int, float | None, bool]:
+        """Return (generation, start of its attempt, whether a batch is in flight)."""
+        with self._lock:
+            in_flight = self._buffer.in_flight is not None
+            return (self.generation, self.attempt_started, in_flight)
+
+    # -- anyone -------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Return the items queued, not counting the batch in flight."""
+        return len(self._buffer)
+
+    def stats(self) -> Stats:
+        """Return a consistent snapshot of the counters."""
+        now = self._clock.now()
+        with self._lock:
+            return self._buffer.stats(now)
+
+    def wait_progress(
+        self, predicate: Callable[[Stats], bool], timeout: float
+    ) -> Stats | None:
+        """Wait until `predicate(stats)` holds after an outcome; None on timeout.
+
+        Outcomes are batch results, failures, restarts and drops of batches;
+        pushes do not wake waiters.
+        """
+        deadline = _monotonic() + timeout
+        with self._lock:
+            while True:
+                stats = self._buffer.stats(self._clock.now())
+                if predicate(stats):
+                    return stats
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    return None
+                self._progress.wait(remaining)
+
+    def _made_room(self) -> None:
+        if self._room_waiters:
+            self._room.notify_all()
+
+
+def _fail_dead(reply_to: pykka.Future[Any] | None) -> None:
+    if reply_to is not None:
+        error = pykka.ActorDeadError("the queue actor stopped before handling Flush")
+        reply_to.set_exception((pykka.ActorDeadError, error, None))
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - _monotonic()
+
+
+_monotonic = time.monotonic

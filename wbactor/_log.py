@@ -1,0 +1,95 @@
+"""Logging: the `wbactor` structlog logger, event names, and drop aggregation.
+
+wbactor logs through `structlog.get_logger("wbactor")` and never configures
+structlog. Item contents are never logged.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+if TYPE_CHECKING:
+    from wbactor._clock import Clock
+    from wbactor._stats import DropReason
+
+__all__ = ["DropLog", "describe", "logger"]
+
+logger: Any = structlog.get_logger("wbactor")
+
+ITEMS_DROPPED = "items_dropped"
+FLUSH_FAILED = "flush_failed"
+FLUSHER_RESTARTED = "flusher_restarted"
+RETRIES_EXHAUSTED = "retries_exhausted"
+BATCH_FLUSHED = "batch_flushed"
+QUEUE_STARTED = "queue_started"
+QUEUE_STOPPED = "queue_stopped"
+ON_DROP_FAILED = "on_drop_failed"
+KEY_FUNC_FAILED = "key_func_failed"
+UNKNOWN_MESSAGE = "unknown_message"
+
+DROP_LOG_INTERVAL = 1.0
+"""Seconds between two `items_dropped` lines for the same reason."""
+
+
+def describe(error: BaseException) -> str:
+    """Return `Type: message` for an exception, for the `error` key."""
+    text = str(error)
+    name = type(error).__name__
+    return f"{name}: {text}" if text else name
+
+
+class DropLog:
+    """Aggregates drops into at most one `items_dropped` line per reason per second.
+
+    Every drop is counted; lines are emitted by `note` once a second has
+    passed since the reason's last line, by `flush_due` on every tick, and
+    by `flush_all` at stop.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        """Aggregate on `clock`'s time."""
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._pending: dict[DropReason, int] = {}
+        self._last: dict[DropReason, float] = {}
+
+    def note(self, reason: DropReason, count: int) -> None:
+        """Count `count` drops; log them now if this reason's second is up."""
+        now = self._clock.now()
+        with self._lock:
+            self._pending[reason] = self._pending.get(reason, 0) + count
+            due = self._take_due(now, reason)
+        self._emit(due)
+
+    def flush_due(self) -> None:
+        """Log every reason whose second is up."""
+        now = self._clock.now()
+        with self._lock:
+            due: list[tuple[DropReason, int]] = []
+            for reason in list(self._pending):
+                due += self._take_due(now, reason)
+        self._emit(due)
+
+    def flush_all(self) -> None:
+        """Log whatever is pending, whatever the time (at stop)."""
+        with self._lock:
+            due = [(r, n) for r, n in self._pending.items() if n]
+            self._pending.clear()
+        self._emit(due)
+
+    def _take_due(self, now: float, reason: DropReason) -> list[tuple[DropReason, int]]:
+        count = self._pending.get(reason, 0)
+        last = self._last.get(reason)
+        if count and (last is None or now - last >= DROP_LOG_INTERVAL):
+            self._pending[reason] = 0
+            self._last[reason] = now
+            return [(reason, count)]
+        return []
+
+    @staticmethod
+    def _emit(due: list[tuple[DropReason, int]]) -> None:
+        for reason, count in due:
+            logger.warning(ITEMS_DROPPED, reason=reason.value, count=count)

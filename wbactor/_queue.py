@@ -1,0 +1,152 @@
+"""The queue actor: decides when a batch goes, and answers `Flush`.
+
+Its mailbox is the policy inbox (`_inbox.py`), so pushes never reach this
+actor as messages. It is woken for control messages and when a full batch is
+waiting, and it hands a batch over when a full one waits, on each `FlushTick`,
+for a pending `Flush`, and while stopping; one batch in flight at a time.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pykka
+
+from wbactor._log import UNKNOWN_MESSAGE, logger
+from wbactor._messages import (
+    AwaitFlush,
+    BatchDropped,
+    BatchFlushed,
+    BatchReady,
+    Dispatched,
+    FlushTick,
+    Push,
+    PushMany,
+    Schedule,
+)
+
+if TYPE_CHECKING:
+    from wbactor._clock import Clock
+    from wbactor._inbox import PolicyInbox
+    from wbactor._log import DropLog
+
+__all__ = ["QueueActor", "QueueRef"]
+
+T = TypeVar("T")
+
+
+class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
+    """The queue's `pykka.ActorRef`, with a short path for pushes.
+
+    `tell(Push(item))` and `tell(PushMany(items))` put the items straight into
+    the policy inbox, without building pykka's envelope; every other message
+    and method behaves exactly as pykka's.
+    """
+
+    def __init__(self, actor: QueueActor[Any]) -> None:
+        """Reference `actor`."""
+        super().__init__(actor)
+        inbox = actor.policy_inbox
+        self._offer = inbox.offer
+        self._offer_many = inbox.offer_many
+
+    def tell(self, message: Any) -> None:
+        """Send `message` without waiting; pushes go straight to the policy.
+
+        Raises:
+            pykka.ActorDeadError: the queue actor has stopped.
+        """
+        cls = message.__class__
+        if cls is not Push and cls is not PushMany:
+            super().tell(message)
+            return
+        if self.actor_stopped.is_set():
+            msg = f"{self} not found"
+            raise pykka.ActorDeadError(msg)
+        if cls is Push:
+            self._offer(message.item)
+        else:
+            self._offer_many(message.items)
+
+
+class QueueActor(pykka.ThreadingActor, Generic[T]):
+    """Cuts batches from the policy inbox and hands them to the supervisor."""
+
+    def __init__(
+        self,
+        *,
+        inbox: PolicyInbox[T],
+        flush_interval: float,
+        clock: Clock,
+        timer: pykka.ActorRef[Any],
+        drop_log: DropLog,
+    ) -> None:
+        """Make the queue actor around `inbox`."""
+        self.policy_inbox = inbox
+        super().__init__()
+        self._actor_ref = QueueRef(self)
+        self._flush_interval = flush_interval
+        self._clock = clock
+        self._timer = timer
+        self._drop_log = drop_log
+        self.supervisor: pykka.ActorRef[Any] | None = None  # set before start
+        self._waiters: list[AwaitFlush] = []  # in target order
+
+    def _create_actor_inbox(self) -> Any:  # type: ignore[override]
+        # pykka's inbox hook is a staticmethod; ours is built from the config.
+        return self.policy_inbox
+
+    def on_start(self) -> None:
+        """Schedule the first tick, `flush_interval` after start."""
+        self._schedule_tick()
+
+    def on_stop(self) -> None:
+        """Fail flushes that can no longer complete; log the last drops."""
+        futures = self.policy_inbox.mark_stopped()
+        futures += [w.reply_to for w in self._waiters if w.reply_to is not None]
+        self._waiters.clear()
+        for future in futures:
+            error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
+            future.set_exception((pykka.ActorDeadError, error, None))
+        self._drop_log.flush_all()
+
+    def on_receive(self, message: Any) -> None:
+        """Hand over batches when one is due; answer flushes when done."""
+        cls = message.__class__
+        if cls is BatchReady:
+            self._dispatch(force=False)
+        elif cls is BatchFlushed or cls is BatchDropped:
+            self._settle()
+        elif cls is AwaitFlush:
+            self._waiters.append(message)
+            self._settle()
+        elif cls is FlushTick:
+            self.policy_inbox.mark_tick()
+            self._drop_log.flush_due()
+            self._dispatch(force=True)
+            self._schedule_tick()
+        else:
+            logger.warning(UNKNOWN_MESSAGE, message_type=cls.__name__)
+
+    def _settle(self) -> None:
+        """Answer the flushes that are done; keep batches going for the rest."""
+        waiters = self._waiters
+        if waiters:
+            settled = self.policy_inbox.settled()
+            done = 0
+            while done < len(waiters) and waiters[done].target <= settled:
+                reply_to = waiters[done].reply_to
+                if reply_to is not None:
+                    reply_to.set(None)
+                done += 1
+            del waiters[:done]
+        self._dispatch(force=bool(waiters))
+
+    def _dispatch(self, *, force: bool) -> None:
+        if self.policy_inbox.dispatch(force=force):
+            assert self.supervisor is not None  # noqa: S101 - set before start
+            self.supervisor.tell(Dispatched())
+
+    def _schedule_tick(self) -> None:
+        deadline = self._clock.now() + self._flush_interval
+        self._timer.tell(Schedule(deadline, self.actor_ref, FlushTick()))

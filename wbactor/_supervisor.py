@@ -1,0 +1,221 @@
+"""The supervisor: owns the flusher actor and decides what a failure means.
+
+When an attempt raises, hangs past `flush_timeout`, or the flusher actor dies,
+the supervisor retires that flusher (its generation ends, so anything it
+reports later is ignored), and after `retry_backoff(attempt)` on the timer
+starts a fresh one (from `flusher_factory`, when given) on the same batch.
+After `max_retries` retries the batch is dropped with `retries_exhausted`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import pykka
+
+from wbactor._config import default_backoff
+from wbactor._flusher import FlusherActor
+from wbactor._log import (
+    FLUSH_FAILED,
+    FLUSHER_RESTARTED,
+    RETRIES_EXHAUSTED,
+    describe,
+    logger,
+)
+from wbactor._messages import (
+    BatchDropped,
+    BatchFailed,
+    BatchFlushed,
+    Dispatched,
+    FlusherDied,
+    RestartDue,
+    RunBatches,
+    Schedule,
+    WatchdogDue,
+)
+from wbactor._stats import DropReason
+
+if TYPE_CHECKING:
+    from wbactor._clock import Clock
+    from wbactor._config import Config, FlusherLike
+    from wbactor._inbox import PolicyInbox
+
+__all__ = ["FlushTimeoutError", "FlusherDiedError", "SupervisorActor"]
+
+T = TypeVar("T")
+
+
+class FlushTimeoutError(Exception):
+    """A flush attempt ran past `flush_timeout` (the `error` of its log line)."""
+
+
+class FlusherDiedError(Exception):
+    """The flusher actor stopped without being asked (the `error` of its log line)."""
+
+
+class SupervisorActor(pykka.ThreadingActor, Generic[T]):
+    """Starts, watches and restarts the flusher actor."""
+
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
+        self,
+        *,
+        config: Config[T],
+        first_flusher: FlusherLike[T],
+        inbox: PolicyInbox[T],
+        clock: Clock,
+        timer: pykka.ActorRef[Any],
+        queue: pykka.ActorRef[Any],
+    ) -> None:
+        """Supervise flushers for `config`, starting with `first_flusher`."""
+        super().__init__()
+        self._config = config
+        self._inbox = inbox
+        self._clock = clock
+        self._timer = timer
+        self._queue = queue
+        self._backoff = config.retry_backoff or default_backoff
+        self._first_flusher: FlusherLike[T] | None = first_flusher
+        self._flusher: pykka.ActorRef[Any] | None = None
+        self._retired = threading.Event()
+        self._restart_due: int | None = None  # generation awaiting its restart
+        self._watching = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def on_start(self) -> None:
+        """Start the first flusher actor."""
+        flusher, self._first_flusher = self._first_flusher, None
+        assert flusher is not None  # noqa: S101 - set in __init__
+        self._spawn(flusher)
+
+    def on_stop(self) -> None:
+        """Retire the flusher actor (without waiting: it may be hung)."""
+        self._retire()
+
+    def on_receive(self, message: Any) -> None:
+        """Route outcomes from the flusher, the queue and the timer."""
+        if isinstance(message, Dispatched):
+            self._run()
+        elif isinstance(message, BatchFailed):
+            self._failed(message.generation, message.error, "error")
+        elif isinstance(message, BatchFlushed):
+            if message.generation == self._inbox.generation:
+                self._queue.tell(BatchFlushed(message.generation))
+        elif isinstance(message, RestartDue):
+            if message.generation == self._inbox.generation and self._flusher is None:
+                self._restart(message.cause)
+        elif isinstance(message, WatchdogDue):
+            self._watchdog()
+        elif isinstance(message, FlusherDied):
+            error = FlusherDiedError("the flusher actor stopped unasked")
+            self._failed(message.generation, error, "died")
+
+    # -- flusher actors -----------------------------------------------------
+
+    def _spawn(self, flusher: FlusherLike[T]) -> None:
+        self._retired = threading.Event()
+        self._flusher = FlusherActor.start(
+            flusher=flusher,
+            generation=self._inbox.generation,
+            inbox=self._inbox,
+            supervisor=self.actor_ref,
+            retired=self._retired,
+        )
+
+    def _retire(self) -> None:
+        """Stop the current flusher actor as asked, so it reports no death."""
+        self._retired.set()
+        if self._flusher is not None:
+            self._flusher.stop(block=False)
+            self._flusher = None
+
+    def _restart(self, cause: str) -> None:
+        """Start a fresh flusher actor and run the batch in flight, if any."""
+        factory = self._config.flusher_factory
+        if factory is None:
+            flusher = self._config.flusher
+            assert flusher is not None  # noqa: S101 - Config guarantees one of them
+        else:
+            try:
+                flusher = factory()
+            except Exception as error:  # noqa: BLE001 - counts as a failed attempt
+                # No actor runs this generation: fail it as if it had raised.
+                self._failed(self._inbox.generation, error, cause)
+                return
+        self._spawn(flusher)
+        restarts = self._inbox.count_restart()
+        logger.warning(FLUSHER_RESTARTED, restarts=restarts, cause=cause)
+        self._run()
+
+    def _run(self) -> None:
+        """Tell the flusher to run the batch in flight; watch it if timed."""
+        _, _, in_flight = self._inbox.attempt()
+        if self._flusher is None or not in_flight:
+            return  # a restart is pending and will run it, or nothing to run
+        self._flusher.tell(RunBatches(self._inbox.generation))
+        if self._config.flush_timeout is not None and not self._watching:
+            self._watching = True
+            self._schedule(self._config.flush_timeout, WatchdogDue())
+
+    def _schedule(self, delay: float, message: Any, now: float | None = None) -> None:
+        start = self._clock.now() if now is None else now
+        self._timer.tell(Schedule(start + delay, self.actor_ref, message))
+
+    # -- failures -----------------------------------------------------------
+
+    def _failed(
+        self,
+        generation: int,
+        error: BaseException,
+        cause: str,
+        started: float | None = None,
+    ) -> None:
+        now = self._clock.now()  # read before the failure shows in Stats
+        outcome = self._inbox.record_failure(generation, started)
+        if outcome is None:
+            return  # a stale report from a retired flusher
+        failures, batch_size = outcome
+        self._retire()
+        max_retries = self._config.max_retries
+        if batch_size and 0 <= max_retries < failures:
+            items = self._inbox.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
+            logger.error(
+                RETRIES_EXHAUSTED,
+                batch_size=batch_size,
+                attempts=failures,
+                error=describe(error),
+            )
+            self._inbox.report_drops(items, DropReason.RETRIES_EXHAUSTED)
+            self._restart(cause)  # a fresh flusher for the next batch, at once
+            self._queue.tell(BatchDropped(self._inbox.generation))
+            return
+        # With nothing in flight (an idle flusher died, or a factory failed)
+        # the restart still waits a first backoff, so a factory that keeps
+        # failing cannot spin.
+        delay = float(self._backoff(max(failures, 1)))
+        if batch_size:
+            logger.warning(
+                FLUSH_FAILED,
+                attempt=failures,
+                max_retries=max_retries,
+                retry_in=delay,
+                batch_size=batch_size,
+                error=describe(error),
+            )
+        self._schedule(delay, RestartDue(self._inbox.generation, cause), now)
+
+    def _watchdog(self) -> None:
+        """Fail the attempt in flight if it has run `flush_timeout` or more."""
+        self._watching = False
+        timeout = self._config.flush_timeout
+        generation, started, in_flight = self._inbox.attempt()
+        if timeout is None or not in_flight or self._flusher is None:
+            return  # idle, or a restart is pending and will watch again
+        now = self._clock.now()
+        if started is not None and now - started >= timeout:
+            error = FlushTimeoutError(f"flush attempt exceeded {timeout} s")
+            self._failed(generation, error, "timeout", started)
+            return
+        self._watching = True
+        self._schedule(timeout, WatchdogDue(), now if started is None else started)

@@ -1,0 +1,207 @@
+"""Helpers for testing code that uses wbactor, without sleeping.
+
+- `ManualClock`: a `wbactor.Clock` that moves only when told; pass it as
+  `Config(clock=...)` and `advance()` it to fire ticks, retry backoffs and
+  flush deadlines.
+- `RecordingFlusher`: keeps every batch it is given; tests wait on it.
+- `FlakyFlusher`: fails its first attempts, then records like the above.
+- `GatedFlusher`: blocks each flush until released, to simulate a hung store.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+__all__ = ["FlakyFlusher", "GatedFlusher", "ManualClock", "RecordingFlusher"]
+
+T = TypeVar("T")
+
+_SETTLE_TIMEOUT = 5.0
+
+
+class ManualClock:
+    """A clock that stands still until `advance()` moves it.
+
+    `advance(seconds)` wakes every wbactor timer whose deadline falls due and
+    returns once each has sent what was due (or after 5 s, if a timer is
+    stuck), so a test reads like a timeline::
+
+        clock = ManualClock()
+        wb = wbactor.start(wbactor.Config(capacity=10, flusher=f, clock=clock))
+        wb.ref.tell(wbactor.Push(1))
+        clock.advance(1.0)  # the first tick fires: the item is flushed
+    """
+
+    def __init__(self, start: float = 0.0) -> None:
+        """Start the clock at `start` seconds."""
+        self._now = float(start)
+        self._lock = threading.Condition()
+        # condition -> (deadline, epoch when it began waiting, waiting thread)
+        self._waiters: dict[
+            threading.Condition, tuple[float | None, int, threading.Thread]
+        ] = {}
+        self._epoch = 0
+
+    def now(self) -> float:
+        """Return the current manual time."""
+        return self._now
+
+    def wait(self, condition: threading.Condition, deadline: float | None) -> None:
+        """Wait on `condition` until notified or until `advance()` passes `deadline`."""
+        with self._lock:
+            if deadline is not None and deadline <= self._now:
+                return
+            self._waiters[condition] = (
+                deadline,
+                self._epoch,
+                threading.current_thread(),
+            )
+            self._lock.notify_all()
+        try:
+            condition.wait()
+        finally:
+            with self._lock:
+                self._waiters.pop(condition, None)
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by `seconds` and fire what falls due.
+
+        Raises:
+            ValueError: `seconds` is negative.
+        """
+        if seconds < 0:
+            msg = f"time cannot go back: advance({seconds!r})"
+            raise ValueError(msg)
+        with self._lock:
+            self._now += seconds
+            self._epoch += 1
+            epoch, now = self._epoch, self._now
+            due = [
+                (cond, thread)
+                for cond, (deadline, _, thread) in self._waiters.items()
+                if deadline is not None and deadline <= now
+            ]
+        for cond, _ in due:
+            with cond:
+                cond.notify_all()
+        give_up = time.monotonic() + _SETTLE_TIMEOUT
+        with self._lock:
+            while any(self._busy(cond, thread, epoch) for cond, thread in due):
+                if time.monotonic() >= give_up:
+                    return
+                # Woken when a timer waits again; the timeout only covers a
+                # timer thread that ended instead.
+                self._lock.wait(0.05)
+
+    def _busy(
+        self, cond: threading.Condition, thread: threading.Thread, epoch: int
+    ) -> bool:
+        waiting = self._waiters.get(cond)
+        return (waiting is None or waiting[1] < epoch) and thread.is_alive()
+
+
+class RecordingFlusher(Generic[T]):
+    """A flusher that keeps every batch it is given, for assertions."""
+
+    def __init__(self) -> None:
+        """Start with no batches."""
+        self._cond = threading.Condition()
+        self.batches: list[list[T]] = []
+        """Every batch flushed, in order (copies)."""
+
+    def flush(self, batch: list[T]) -> None:
+        """Record `batch`."""
+        with self._cond:
+            self.batches.append(list(batch))
+            self._cond.notify_all()
+
+    @property
+    def items(self) -> list[T]:
+        """Every item flushed, in order."""
+        with self._cond:
+            return [item for batch in self.batches for item in batch]
+
+    def wait_for_items(self, count: int, timeout: float = 5.0) -> list[T]:
+        """Wait until at least `count` items were flushed; return them all.
+
+        Raises:
+            TimeoutError: fewer than `count` after `timeout` seconds.
+        """
+        return self._wait(lambda: sum(map(len, self.batches)) >= count, timeout, count)
+
+    def wait_for_batches(self, count: int, timeout: float = 5.0) -> list[T]:
+        """Wait until at least `count` batches were flushed; return the items.
+
+        Raises:
+            TimeoutError: fewer than `count` after `timeout` seconds.
+        """
+        return self._wait(lambda: len(self.batches) >= count, timeout, count)
+
+    def _wait(self, done: Callable[[], bool], timeout: float, count: int) -> list[T]:
+        with self._cond:
+            if not self._cond.wait_for(done, timeout):
+                msg = f"wanted {count}, have {len(self.batches)} batches in {timeout} s"
+                raise TimeoutError(msg)
+        return self.items
+
+
+class FlakyFlusher(RecordingFlusher[T]):
+    """Fails its first `failures` attempts, then records batches.
+
+    `attempts` counts every call, failed or not.
+    """
+
+    def __init__(
+        self,
+        failures: int = 1,
+        error: Callable[[], BaseException] = lambda: RuntimeError("flaky store"),
+    ) -> None:
+        """Fail `failures` attempts with `error()`, then succeed."""
+        super().__init__()
+        self.failures = failures
+        self.error = error
+        self.attempts = 0
+
+    def flush(self, batch: list[T]) -> None:
+        """Raise for the first `failures` calls, then record `batch`."""
+        with self._cond:
+            self.attempts += 1
+            failing = self.attempts <= self.failures
+            self._cond.notify_all()
+        if failing:
+            raise self.error()
+        super().flush(batch)
+
+    def wait_for_attempts(self, count: int, timeout: float = 5.0) -> None:
+        """Wait until `flush` was called at least `count` times.
+
+        Raises:
+            TimeoutError: fewer calls after `timeout` seconds.
+        """
+        self._wait(lambda: self.attempts >= count, timeout, count)
+
+
+class GatedFlusher(RecordingFlusher[T]):
+    """Blocks in every flush until `release()`; `entered` is set on each call."""
+
+    def __init__(self) -> None:
+        """Start closed: flushes block."""
+        super().__init__()
+        self.entered = threading.Event()
+        """Set when a flush call starts (cleared by the test to see the next)."""
+        self._gate = threading.Event()
+
+    def flush(self, batch: list[T]) -> None:
+        """Wait for the gate to open, then record `batch`."""
+        self.entered.set()
+        self._gate.wait()
+        super().flush(batch)
+
+    def release(self) -> None:
+        """Open the gate: blocked and future flushes go through."""
+        self._gate.set()
