@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
+from pykka.messages import ProxySetAttr
 
 from wbactor._clock import MonotonicClock
 from wbactor._errors import QueueClosedError
@@ -58,9 +59,9 @@ def start(config: Config[T]) -> WriteBehind[T]:
         timer=timer,
         queue=queue_ref,
     )
-    # The queue only dispatches once a batch is cut, which needs a message
-    # this ask is ordered before.
-    queue_ref.proxy().supervisor = supervisor
+    # The two refer to each other, so the queue learns its supervisor by a
+    # message, which precedes any batch the queue could cut.
+    queue_ref.ask(ProxySetAttr(attr_path=("supervisor",), value=supervisor))
     logger.info(
         QUEUE_STARTED,
         capacity=config.capacity,
@@ -164,7 +165,9 @@ class WriteBehind(Generic[T]):
             self._inbox.close()
             if not self._drain(deadline):
                 self._inbox.report_drops(self._inbox.abandon(), DropReason.CLOSED)
-            for ref in (self._supervisor, self._timer, self._ref):
+            # The queue's on_stop stops the supervisor and the timer too; stop
+            # them here as well so stop() returns with all of them stopped.
+            for ref in (self._supervisor, self._ref, self._timer):
                 ref.stop()
             self._drop_log.flush_all()
             final = self._inbox.stats()
@@ -191,6 +194,8 @@ class WriteBehind(Generic[T]):
             future.get(timeout=remaining)
         except pykka.Timeout:
             return False
+        except pykka.ActorDeadError:
+            pass  # stopped some other way: its on_stop accounted for the rest
         return True
 
     def wait_for(self, predicate: Callable[[Stats], bool], timeout: float) -> Stats:

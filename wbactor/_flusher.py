@@ -9,7 +9,6 @@ escapes into pykka, which would stop every actor in the process.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -17,7 +16,13 @@ import pykka
 
 from wbactor._inbox import Stale
 from wbactor._log import BATCH_FLUSHED, describe, logger
-from wbactor._messages import BatchFailed, BatchFlushed, FlusherDied, RunBatches
+from wbactor._messages import (
+    BatchFailed,
+    BatchFlushed,
+    FlusherDied,
+    RunBatches,
+    tell_quietly,
+)
 
 if TYPE_CHECKING:
     import threading
@@ -77,7 +82,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             try:
                 flush(batch)
             except BaseException as error:  # noqa: BLE001 - every failure is retried
-                self._supervisor.tell(BatchFailed(generation, error))
+                tell_quietly(self._supervisor, BatchFailed(generation, error))
                 return
             logger.debug(
                 BATCH_FLUSHED,
@@ -88,7 +93,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
             batch = after
-        self._supervisor.tell(BatchFlushed(generation))
+        tell_quietly(self._supervisor, BatchFlushed(generation))
 
     def on_stop(self) -> None:
         """Report a death unless retired; close the flusher if it can be."""
@@ -111,6 +116,4 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
 
     def _report_death(self) -> None:
         if not self._retired.is_set():
-            # If the supervisor is gone too, the queue is stopping: no one to tell.
-            with contextlib.suppress(pykka.ActorDeadError):
-                self._supervisor.tell(FlusherDied(self._generation))
+            tell_quietly(self._supervisor, FlusherDied(self._generation))

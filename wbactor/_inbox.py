@@ -161,6 +161,7 @@ class PolicyInbox(Generic[T]):
             else:
                 dropped = buffer.push(item)
                 reason = buffer.overflow_reason
+            # _note_batch_ready(), inlined: this is the per-push hot path.
             if (
                 len(buffer) >= self._batch_size
                 and not self._batch_ready
@@ -173,44 +174,61 @@ class PolicyInbox(Generic[T]):
 
     def offer_many(self, items: Iterable[T]) -> None:
         """Queue items from `tell(PushMany)`, in order, under one lock."""
+        if self._key_func is None and not self._blocking:
+            self._offer_many_unkeyed(items)
+            return
         keyed = self._keyed(items)
         deadline = None
         if self._blocking and self._block_timeout is not None:
-            deadline = self._clock_deadline(self._block_timeout)
+            deadline = _monotonic() + self._block_timeout
         drops: list[tuple[T, DropReason]] = []
         with self._lock:
-            buffer = self._buffer
             for key, item, key_ok in keyed:
-                if not key_ok:
-                    buffer.reject(_KEY_ERROR)
-                    drops.append((item, _KEY_ERROR))
-                    continue
-                if self._closed:
-                    buffer.reject(_CLOSED)
-                    drops.append((item, _CLOSED))
-                    continue
-                if self._blocking and len(buffer) >= buffer.capacity:
-                    reason = self._wait_room(_remaining(deadline))
-                    if reason is not None:
-                        buffer.reject(reason)
-                        drops.append((item, reason))
-                        continue
-                dropped = (
-                    buffer.push(item)
-                    if self._key_func is None
-                    else buffer.push_keyed(key, item)
-                )
+                dropped = self._place(key, item, key_ok=key_ok, deadline=deadline)
                 if dropped is not None:
-                    drops.append((dropped[0], buffer.overflow_reason))
-            if (
-                len(buffer) >= self._batch_size
-                and not self._batch_ready
-                and buffer.in_flight is None
-            ):
-                self._batch_ready = True
-                self._wake.notify()
+                    drops.append(dropped)
+            self._note_batch_ready()
         for item, reason in drops:
             self.report_drops((item,), reason)
+
+    def _place(
+        self, key: Hashable, item: T, *, key_ok: bool, deadline: float | None
+    ) -> tuple[T, DropReason] | None:
+        """Queue one item (lock held); return it or its evictee if dropped."""
+        buffer = self._buffer
+        refused = None
+        if not key_ok:
+            refused = _KEY_ERROR
+        elif self._closed:
+            refused = _CLOSED
+        elif self._blocking and len(buffer) >= buffer.capacity:
+            refused = self._wait_room(_remaining(deadline))
+        if refused is not None:
+            buffer.reject(refused)
+            return (item, refused)
+        dropped = (
+            buffer.push(item)
+            if self._key_func is None
+            else buffer.push_keyed(key, item)
+        )
+        return None if dropped is None else (dropped[0], buffer.overflow_reason)
+
+    def _offer_many_unkeyed(self, items: Iterable[T]) -> None:
+        """`offer_many` for DROP_OLDEST and DROP_NEWEST: nothing to wait for."""
+        with self._lock:
+            buffer = self._buffer
+            if self._closed:
+                dropped = list(items)
+                for _ in dropped:
+                    buffer.reject(_CLOSED)
+                reason = _CLOSED
+            else:
+                push = buffer.push
+                dropped = [d[0] for d in map(push, items) if d is not None]
+                reason = buffer.overflow_reason
+            self._note_batch_ready()
+        if dropped:
+            self.report_drops(dropped, reason)
 
     def push(self, item: T, timeout: float | None) -> None:
         """Queue one item from `WriteBehind.push()`; raise rather than refuse.
@@ -233,25 +251,22 @@ class PolicyInbox(Generic[T]):
                 if reason is not None:
                     msg = f"no room in the queue within {timeout} s"
                     raise PushTimeoutError(msg)
-            if not key_ok:
-                buffer.reject(_KEY_ERROR)
-                dropped: tuple[T] | None = (item,)
-                reason = _KEY_ERROR
-            elif self._key_func is None:
-                dropped = buffer.push(item)
-                reason = buffer.overflow_reason
-            else:
-                dropped = buffer.push_keyed(key, item)
-                reason = buffer.overflow_reason
-            if (
-                len(buffer) >= self._batch_size
-                and not self._batch_ready
-                and buffer.in_flight is None
-            ):
-                self._batch_ready = True
-                self._wake.notify()
+            # Room is there now (or the policy makes it), so this cannot wait.
+            dropped = self._place(key, item, key_ok=key_ok, deadline=None)
+            self._note_batch_ready()
         if dropped is not None:
-            self.report_drops(dropped, reason)
+            self.report_drops((dropped[0],), dropped[1])
+
+    def _note_batch_ready(self) -> None:
+        """Wake the actor (lock held) if a full batch waits and none is in flight."""
+        buffer = self._buffer
+        if (
+            len(buffer) >= self._batch_size
+            and not self._batch_ready
+            and buffer.in_flight is None
+        ):
+            self._batch_ready = True
+            self._wake.notify()
 
     def _keyed(self, items: Iterable[T]) -> list[tuple[Hashable, T, bool]]:
         """Pair each item with its key, outside the lock (`key_func` is user code)."""
@@ -272,7 +287,8 @@ class PolicyInbox(Generic[T]):
 
     def _wait_room(self, timeout: float | None) -> DropReason | None:
         """Wait (lock held) for room under BLOCK; return why not, or None."""
-        deadline = None if timeout is None else self._clock_deadline(timeout)
+        # Producer waits are in real time: the producer's own time, not the clock's.
+        deadline = None if timeout is None else _monotonic() + timeout
         self._room_waiters += 1
         try:
             buffer = self._buffer
@@ -286,11 +302,6 @@ class PolicyInbox(Generic[T]):
             return _CLOSED if self._closed else None
         finally:
             self._room_waiters -= 1
-
-    @staticmethod
-    def _clock_deadline(timeout: float) -> float:
-        # Producer waits are in real time: they are the producer's own time.
-        return _monotonic() + timeout
 
     def report_drops(self, items: Iterable[T], reason: DropReason) -> None:
         """Log and hand dropped items to `on_drop`, outside the lock."""

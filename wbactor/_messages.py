@@ -7,12 +7,13 @@ first four are for users; the rest move between wbactor's own actors.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+
+import pykka
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
-
-    import pykka
 
 __all__ = [
     "BatchFailed",
@@ -21,9 +22,20 @@ __all__ = [
     "FlushTick",
     "Push",
     "PushMany",
+    "tell_quietly",
 ]
 
 T = TypeVar("T")
+
+
+def tell_quietly(ref: pykka.ActorRef[Any], message: Any) -> None:
+    """Tell `message` to `ref`, doing nothing if that actor has stopped.
+
+    Between wbactor's own actors a dead receiver only means the queue is
+    stopping; raising would make pykka stop the sender too.
+    """
+    with contextlib.suppress(pykka.ActorDeadError):
+        ref.tell(message)
 
 
 class Push(Generic[T]):

@@ -23,7 +23,9 @@ from wbactor._messages import (
     Push,
     PushMany,
     Schedule,
+    tell_quietly,
 )
+from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock
@@ -91,6 +93,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._drop_log = drop_log
         self.supervisor: pykka.ActorRef[Any] | None = None  # set before start
         self._waiters: list[AwaitFlush] = []  # in target order
+        self._tick = FlushTick()  # the timer's; a told FlushTick is not rescheduled
 
     def _create_actor_inbox(self) -> Any:  # type: ignore[override]
         # pykka's inbox hook is a staticmethod; ours is built from the config.
@@ -101,14 +104,24 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._schedule_tick()
 
     def on_stop(self) -> None:
-        """Fail flushes that can no longer complete; log the last drops."""
-        futures = self.policy_inbox.mark_stopped()
+        """Account for what is left, fail pending flushes, stop the other actors.
+
+        After `WriteBehind.stop()` nothing is left. If the actor is stopped
+        some other way (`wb.ref.stop()`, `ActorRegistry.stop_all()`), what
+        is still queued or in flight is dropped with `closed`, not lost.
+        """
+        inbox = self.policy_inbox
+        futures = inbox.mark_stopped()
         futures += [w.reply_to for w in self._waiters if w.reply_to is not None]
         self._waiters.clear()
         for future in futures:
             error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
             future.set_exception((pykka.ActorDeadError, error, None))
+        inbox.report_drops(inbox.abandon(), DropReason.CLOSED)
         self._drop_log.flush_all()
+        for ref in (self.supervisor, self._timer):
+            if ref is not None:
+                ref.stop(block=False)
 
     def on_receive(self, message: Any) -> None:
         """Hand over batches when one is due; answer flushes when done."""
@@ -124,7 +137,8 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
             self.policy_inbox.mark_tick()
             self._drop_log.flush_due()
             self._dispatch(force=True)
-            self._schedule_tick()
+            if message is self._tick:
+                self._schedule_tick()
         else:
             logger.warning(UNKNOWN_MESSAGE, message_type=cls.__name__)
 
@@ -145,8 +159,9 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
     def _dispatch(self, *, force: bool) -> None:
         if self.policy_inbox.dispatch(force=force):
             assert self.supervisor is not None  # noqa: S101 - set before start
-            self.supervisor.tell(Dispatched())
+            tell_quietly(self.supervisor, Dispatched())
 
     def _schedule_tick(self) -> None:
         deadline = self._clock.now() + self._flush_interval
-        self._timer.tell(Schedule(deadline, self.actor_ref, FlushTick()))
+        self._tick = FlushTick()
+        tell_quietly(self._timer, Schedule(deadline, self.actor_ref, self._tick))

@@ -33,6 +33,7 @@ from wbactor._messages import (
     RunBatches,
     Schedule,
     WatchdogDue,
+    tell_quietly,
 )
 from wbactor._stats import DropReason
 
@@ -101,7 +102,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             self._failed(message.generation, message.error, "error")
         elif isinstance(message, BatchFlushed):
             if message.generation == self._inbox.generation:
-                self._queue.tell(BatchFlushed(message.generation))
+                tell_quietly(self._queue, BatchFlushed(message.generation))
         elif isinstance(message, RestartDue):
             if message.generation == self._inbox.generation and self._flusher is None:
                 self._restart(message.cause)
@@ -153,14 +154,14 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         _, _, in_flight = self._inbox.attempt()
         if self._flusher is None or not in_flight:
             return  # a restart is pending and will run it, or nothing to run
-        self._flusher.tell(RunBatches(self._inbox.generation))
+        tell_quietly(self._flusher, RunBatches(self._inbox.generation))
         if self._config.flush_timeout is not None and not self._watching:
             self._watching = True
             self._schedule(self._config.flush_timeout, WatchdogDue())
 
     def _schedule(self, delay: float, message: Any, now: float | None = None) -> None:
         start = self._clock.now() if now is None else now
-        self._timer.tell(Schedule(start + delay, self.actor_ref, message))
+        tell_quietly(self._timer, Schedule(start + delay, self.actor_ref, message))
 
     # -- failures -----------------------------------------------------------
 
@@ -188,7 +189,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             )
             self._inbox.report_drops(items, DropReason.RETRIES_EXHAUSTED)
             self._restart(cause)  # a fresh flusher for the next batch, at once
-            self._queue.tell(BatchDropped(self._inbox.generation))
+            tell_quietly(self._queue, BatchDropped(self._inbox.generation))
             return
         # With nothing in flight (an idle flusher died, or a factory failed)
         # the restart still waits a first backoff, so a factory that keeps

@@ -10,7 +10,6 @@ comes first.
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import threading
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import pykka
 
 from wbactor._inbox import Envelope
-from wbactor._messages import Schedule
+from wbactor._messages import Schedule, tell_quietly
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock
@@ -94,6 +93,5 @@ class TimerActor(pykka.ThreadingActor):
         heap, now = self._heap, self._clock.now()
         while heap and heap[0][0] <= now:
             _, _, target, message = heapq.heappop(heap)
-            with contextlib.suppress(pykka.ActorDeadError):  # target stopped
-                target.tell(message)
+            tell_quietly(target, message)
         self._timer_inbox.next_deadline = heap[0][0] if heap else None
