@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pykka
 import pytest
 
 from wbactor.testing import ManualClock
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 _ACTOR_THREADS = ("QueueActor", "TimerActor", "SupervisorActor", "FlusherActor")
 
