@@ -100,8 +100,9 @@ class Config(Generic[T]):
     `ConfigError` subclass naming the field.
     """
 
-    capacity: int
-    """Most items held in the queue (the batch in flight is not counted)."""
+    capacity: int = 0
+    """Most items held in the queue (the batch in flight is not counted).
+    Required: leaving it out raises `CapacityRequiredError`."""
 
     flusher: FlusherLike[T] | None = None
     """Writes batches: an object with `flush(batch)` or a callable. Required
@@ -151,7 +152,10 @@ class Config(Generic[T]):
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
         if not _is_int(self.capacity) or self.capacity <= 0:
-            msg = f"capacity must be a positive int, got {self.capacity!r}"
+            msg = (
+                "capacity is required and must be a positive int (the most items "
+                f"to hold while the store is slow), got {self.capacity!r}"
+            )
             raise CapacityRequiredError(msg)
         if self.flusher is None and self.flusher_factory is None:
             msg = "a flusher is required: pass flusher= or flusher_factory="

@@ -1,0 +1,493 @@
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Any
+
+import pykka
+import pytest
+
+import wbactor
+from wbactor.testing import ManualClock
+
+if TYPE_CHECKING:
+    import threading
+
+
+def write_batch(batch: list[int]) -> None:
+    """A plain function flusher."""
+
+
+class ObjectFlusher:
+    def flush(self, batch: list[int]) -> None:
+        """An object flusher."""
+
+
+def make(**overrides: Any) -> wbactor.Config[int]:
+    """Build a Config from valid values, with `overrides` applied."""
+    values: dict[str, Any] = {"capacity": 10, "flusher": write_batch}
+    values.update(overrides)
+    return wbactor.Config(**values)
+
+
+def raised(error: type[Exception], **overrides: Any) -> Exception:
+    """Return the exception `make(**overrides)` raises, which must be `error`."""
+    with pytest.raises(error) as info:
+        make(**overrides)
+    assert type(info.value) is error
+    return info.value
+
+
+def assert_is_config_error_naming(err: Exception, field: str) -> None:
+    assert isinstance(err, wbactor.ConfigError)
+    assert isinstance(err, ValueError)
+    assert isinstance(err, wbactor.WriteBehindError)
+    assert field in str(err)
+
+
+# -- capacity ---------------------------------------------------------------
+
+
+def test_missing_capacity_raises_capacity_required_naming_capacity() -> None:
+    # As in the Go package: a zero (unset) capacity is "capacity required".
+    with pytest.raises(wbactor.CapacityRequiredError, match="capacity"):
+        wbactor.Config(flusher=write_batch)
+
+
+def test_nothing_given_fails_on_capacity_first() -> None:
+    with pytest.raises(wbactor.CapacityRequiredError):
+        wbactor.Config()
+
+
+@pytest.mark.parametrize(
+    "capacity",
+    [0, -1, -10_000, True, False, 1.0, 10.5, "10", None, math.inf],
+    ids=repr,
+)
+def test_capacity_must_be_a_positive_int(capacity: object) -> None:
+    err = raised(wbactor.CapacityRequiredError, capacity=capacity)
+    assert_is_config_error_naming(err, "capacity")
+
+
+@pytest.mark.parametrize("capacity", [1, 2, 10_000])
+def test_any_positive_int_capacity_is_accepted(capacity: int) -> None:
+    assert make(capacity=capacity).capacity == capacity
+
+
+# -- flusher ----------------------------------------------------------------
+
+
+def test_flusher_is_required_without_a_factory() -> None:
+    err = raised(wbactor.FlusherRequiredError, flusher=None)
+    assert_is_config_error_naming(err, "flusher")
+
+
+@pytest.mark.parametrize("flusher", [42, "store", object(), [1, 2]], ids=repr)
+def test_flusher_without_flush_method_that_is_not_callable_is_refused(
+    flusher: object,
+) -> None:
+    err = raised(wbactor.FlusherRequiredError, flusher=flusher)
+    assert_is_config_error_naming(err, "flusher")
+
+
+def test_flusher_whose_flush_attribute_is_not_callable_is_refused() -> None:
+    class NotAFlusher:
+        flush = "not a method"
+
+    err = raised(wbactor.FlusherRequiredError, flusher=NotAFlusher())
+    assert_is_config_error_naming(err, "flusher")
+
+
+def test_object_with_flush_method_and_plain_callable_are_flushers() -> None:
+    store = ObjectFlusher()
+    assert make(flusher=store).flusher is store
+    assert make(flusher=write_batch).flusher is write_batch
+
+
+def test_flusher_may_be_none_when_a_factory_is_given() -> None:
+    cfg = make(flusher=None, flusher_factory=ObjectFlusher)
+    assert cfg.flusher is None
+    assert cfg.flusher_factory is ObjectFlusher
+
+
+@pytest.mark.parametrize("factory", [42, "factory", ObjectFlusher()], ids=repr)
+def test_flusher_factory_must_be_callable(factory: object) -> None:
+    err = raised(wbactor.FlusherRequiredError, flusher=None, flusher_factory=factory)
+    assert_is_config_error_naming(err, "flusher_factory")
+
+
+def test_non_callable_factory_is_refused_even_with_a_flusher() -> None:
+    err = raised(wbactor.FlusherRequiredError, flusher_factory=42)
+    assert_is_config_error_naming(err, "flusher_factory")
+
+
+# -- key_func and policy ----------------------------------------------------
+
+
+def test_coalesce_by_key_needs_key_func() -> None:
+    err = raised(wbactor.CoalesceNeedsKeyError, policy=wbactor.Policy.COALESCE_BY_KEY)
+    assert_is_config_error_naming(err, "key_func")
+
+
+def test_coalesce_by_key_with_key_func_is_accepted() -> None:
+    cfg = make(policy=wbactor.Policy.COALESCE_BY_KEY, key_func=abs)
+    assert cfg.policy is wbactor.Policy.COALESCE_BY_KEY
+    assert cfg.key_func is abs
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [p for p in wbactor.Policy if p is not wbactor.Policy.COALESCE_BY_KEY],
+)
+def test_other_policies_need_no_key_func(policy: wbactor.Policy) -> None:
+    assert make(policy=policy).policy is policy
+
+
+@pytest.mark.parametrize(
+    "policy", ["drop_oldest", "coalesce_by_key", 0, None, "DROP_OLDEST"], ids=repr
+)
+def test_unknown_policy_is_a_config_error(policy: object) -> None:
+    err = raised(wbactor.ConfigError, policy=policy)
+    assert_is_config_error_naming(err, "policy")
+
+
+# -- the rest ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, 2.0, True, "10", None], ids=repr)
+def test_batch_size_must_be_a_positive_int(batch_size: object) -> None:
+    err = raised(wbactor.ConfigError, batch_size=batch_size)
+    assert_is_config_error_naming(err, "batch_size")
+
+
+@pytest.mark.parametrize(
+    "interval", [0, 0.0, -1, -0.5, math.nan, math.inf, True, "1", None], ids=repr
+)
+def test_flush_interval_must_be_a_positive_finite_number(interval: object) -> None:
+    err = raised(wbactor.ConfigError, flush_interval=interval)
+    assert_is_config_error_naming(err, "flush_interval")
+
+
+@pytest.mark.parametrize("interval", [0.001, 1, 2.5])
+def test_positive_flush_intervals_are_accepted(interval: float) -> None:
+    assert make(flush_interval=interval).flush_interval == interval
+
+
+@pytest.mark.parametrize("max_retries", [-2, -100, 1.5, True, "3", None], ids=repr)
+def test_max_retries_must_be_an_int_at_least_minus_one(max_retries: object) -> None:
+    err = raised(wbactor.ConfigError, max_retries=max_retries)
+    assert_is_config_error_naming(err, "max_retries")
+
+
+@pytest.mark.parametrize("max_retries", [-1, 0, 1, 50])
+def test_max_retries_minus_one_zero_and_positive_are_kept_as_given(
+    max_retries: int,
+) -> None:
+    # Go defect 5: MaxRetries = 0 silently meant 3.
+    assert make(max_retries=max_retries).max_retries == max_retries
+
+
+@pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
+@pytest.mark.parametrize("value", [0, 0.0, -1, -0.1, math.nan, True, "1"], ids=repr)
+def test_timeouts_must_be_none_or_positive(field: str, value: object) -> None:
+    err = raised(wbactor.ConfigError, **{field: value})
+    assert_is_config_error_naming(err, field)
+
+
+@pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
+@pytest.mark.parametrize("value", [None, 0.01, 5])
+def test_timeouts_accept_none_and_positive_numbers(field: str, value: object) -> None:
+    assert getattr(make(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize("field", ["on_drop", "retry_backoff", "key_func"])
+@pytest.mark.parametrize("value", [1, "f", object()], ids=repr)
+def test_hooks_must_be_callable(field: str, value: object) -> None:
+    err = raised(wbactor.ConfigError, **{field: value})
+    assert_is_config_error_naming(err, field)
+
+
+@pytest.mark.parametrize("value", [1, "f"], ids=repr)
+def test_non_callable_key_func_is_refused_under_coalescing(value: object) -> None:
+    with pytest.raises(wbactor.ConfigError) as info:
+        make(policy=wbactor.Policy.COALESCE_BY_KEY, key_func=value)
+    assert_is_config_error_naming(info.value, "key_func")
+
+
+class NowOnly:
+    def now(self) -> float:
+        return 0.0
+
+
+class WaitOnly:
+    def wait(self, condition: threading.Condition, deadline: float | None) -> None:
+        """Never called."""
+
+
+class NowNotCallable(WaitOnly):
+    now = 0.0
+
+
+@pytest.mark.parametrize(
+    "clock", [NowOnly(), WaitOnly(), NowNotCallable(), 0.0, "clock"], ids=repr
+)
+def test_clock_needs_callable_now_and_wait(clock: object) -> None:
+    err = raised(wbactor.ConfigError, clock=clock)
+    assert_is_config_error_naming(err, "clock")
+
+
+def test_manual_and_monotonic_clocks_are_accepted() -> None:
+    manual = ManualClock()
+    monotonic = wbactor.MonotonicClock()
+    assert make(clock=manual).clock is manual
+    assert make(clock=monotonic).clock is monotonic
+
+
+# -- order of the checks ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "error"),
+    [
+        # capacity first, whatever else is wrong
+        (
+            {"capacity": 0, "flusher": None, "policy": wbactor.Policy.COALESCE_BY_KEY},
+            wbactor.CapacityRequiredError,
+        ),
+        (
+            {"capacity": -1, "flusher": 42, "batch_size": 0},
+            wbactor.CapacityRequiredError,
+        ),
+        ({"capacity": "x", "flusher_factory": 42}, wbactor.CapacityRequiredError),
+        ({"capacity": 0, "policy": "nope"}, wbactor.CapacityRequiredError),
+        # then the flusher
+        (
+            {"flusher": None, "policy": wbactor.Policy.COALESCE_BY_KEY},
+            wbactor.FlusherRequiredError,
+        ),
+        (
+            {"flusher": 42, "policy": wbactor.Policy.COALESCE_BY_KEY, "batch_size": 0},
+            wbactor.FlusherRequiredError,
+        ),
+        (
+            {"flusher": None, "flusher_factory": 42, "max_retries": -5},
+            wbactor.FlusherRequiredError,
+        ),
+        ({"flusher": None, "policy": "nope"}, wbactor.FlusherRequiredError),
+        # then key_func for coalescing
+        (
+            {
+                "policy": wbactor.Policy.COALESCE_BY_KEY,
+                "batch_size": 0,
+                "flush_interval": -1,
+                "on_drop": 1,
+                "clock": 1,
+            },
+            wbactor.CoalesceNeedsKeyError,
+        ),
+        (
+            {
+                "flusher": None,
+                "flusher_factory": ObjectFlusher,
+                "policy": wbactor.Policy.COALESCE_BY_KEY,
+                "max_retries": -2,
+            },
+            wbactor.CoalesceNeedsKeyError,
+        ),
+        # then the rest
+        ({"policy": "drop_oldest", "batch_size": 0}, wbactor.ConfigError),
+    ],
+)
+def test_checks_run_in_documented_order(
+    overrides: dict[str, Any], error: type[Exception]
+) -> None:
+    raised(error, **overrides)
+
+
+def test_example_capacity_zero_no_flusher_coalescing_raises_capacity_error() -> None:
+    with pytest.raises(wbactor.CapacityRequiredError):
+        wbactor.Config(capacity=0, flusher=None, policy=wbactor.Policy.COALESCE_BY_KEY)
+
+
+def test_example_coalescing_without_flusher_raises_flusher_error() -> None:
+    with pytest.raises(wbactor.FlusherRequiredError):
+        wbactor.Config[int](capacity=1, policy=wbactor.Policy.COALESCE_BY_KEY)
+
+
+# -- dataclass shape and defaults -------------------------------------------
+
+
+def test_config_is_frozen() -> None:
+    cfg = make()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.capacity = 5  # type: ignore[misc]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.policy = wbactor.Policy.BLOCK  # type: ignore[misc]
+    assert cfg.capacity == 10
+    assert cfg.policy is wbactor.Policy.DROP_OLDEST
+
+
+def test_config_is_keyword_only() -> None:
+    with pytest.raises(TypeError):
+        wbactor.Config(10, write_batch)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        wbactor.Config(10, flusher=write_batch)  # type: ignore[call-arg]
+
+
+def test_config_fields_and_defaults_match_the_spec() -> None:
+    defaults = {
+        f.name: f.default
+        for f in dataclasses.fields(wbactor.Config)
+        if f.default is not dataclasses.MISSING
+    }
+    assert defaults == {
+        "capacity": 0,  # unset: CapacityRequiredError
+        "flusher": None,
+        "batch_size": 100,
+        "flush_interval": 1.0,
+        "policy": wbactor.Policy.DROP_OLDEST,
+        "key_func": None,
+        "retry_backoff": None,
+        "max_retries": 3,
+        "on_drop": None,
+        "flush_timeout": None,
+        "block_timeout": None,
+        "flusher_factory": None,
+        "clock": None,
+    }
+    assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
+
+
+def test_a_minimal_config_takes_the_defaults() -> None:
+    cfg = wbactor.Config(capacity=5, flusher=write_batch)
+    assert cfg.batch_size == 100
+    assert cfg.flush_interval == 1.0
+    assert cfg.policy is wbactor.Policy.DROP_OLDEST
+    assert cfg.max_retries == 3
+    assert cfg.key_func is None
+    assert cfg.retry_backoff is None
+    assert cfg.on_drop is None
+    assert cfg.flush_timeout is None
+    assert cfg.block_timeout is None
+    assert cfg.flusher_factory is None
+    assert cfg.clock is None
+
+
+def test_configs_with_equal_fields_are_equal() -> None:
+    assert make(batch_size=7) == make(batch_size=7)
+    assert make(batch_size=7) != make(batch_size=8)
+
+
+# -- default_backoff --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "seconds"),
+    [
+        (-5, 0.1),
+        (0, 0.1),
+        (1, 0.1),
+        (2, 0.2),
+        (3, 0.4),
+        (4, 0.8),
+        (5, 1.6),
+        (6, 3.2),
+        (7, 5.0),
+        (8, 5.0),
+        (100, 5.0),
+        (10_000, 5.0),
+        (10**6, 5.0),
+        (10**100, 5.0),
+    ],
+)
+def test_default_backoff_doubles_from_a_tenth_and_caps_at_five(
+    attempt: int, seconds: float
+) -> None:
+    result = wbactor.default_backoff(attempt)
+    assert isinstance(result, float)
+    assert result == pytest.approx(seconds)
+
+
+# -- errors and drop reasons ------------------------------------------------
+
+
+def test_error_hierarchy_matches_the_spec() -> None:
+    assert issubclass(wbactor.WriteBehindError, Exception)
+    assert issubclass(wbactor.ConfigError, wbactor.WriteBehindError)
+    assert issubclass(wbactor.ConfigError, ValueError)
+    for sub in (
+        wbactor.CapacityRequiredError,
+        wbactor.FlusherRequiredError,
+        wbactor.CoalesceNeedsKeyError,
+    ):
+        assert issubclass(sub, wbactor.ConfigError)
+        assert issubclass(sub, ValueError)
+        assert issubclass(sub, wbactor.WriteBehindError)
+    assert issubclass(wbactor.QueueClosedError, wbactor.WriteBehindError)
+    assert issubclass(wbactor.QueueClosedError, pykka.ActorDeadError)
+    assert not issubclass(wbactor.QueueClosedError, wbactor.ConfigError)
+    assert issubclass(wbactor.PushTimeoutError, wbactor.WriteBehindError)
+    assert issubclass(wbactor.PushTimeoutError, TimeoutError)
+    assert not issubclass(wbactor.PushTimeoutError, wbactor.ConfigError)
+
+
+def test_config_subclasses_are_distinct() -> None:
+    subs = [
+        wbactor.CapacityRequiredError,
+        wbactor.FlusherRequiredError,
+        wbactor.CoalesceNeedsKeyError,
+    ]
+    for a in subs:
+        for b in subs:
+            assert issubclass(a, b) == (a is b)
+
+
+def test_queue_closed_error_is_caught_as_actor_dead_error() -> None:
+    with pytest.raises(pykka.ActorDeadError):
+        raise wbactor.QueueClosedError
+
+
+def test_push_timeout_error_is_caught_as_timeout_error() -> None:
+    with pytest.raises(TimeoutError):
+        raise wbactor.PushTimeoutError
+
+
+def test_drop_reason_values_are_the_spec_strings() -> None:
+    assert {r.value for r in wbactor.DropReason} == {
+        "drop_oldest",
+        "drop_newest",
+        "retries_exhausted",
+        "push_timeout",
+        "closed",
+        "key_error",
+    }
+    assert len(wbactor.DropReason) == 6
+
+
+@pytest.mark.parametrize("reason", list(wbactor.DropReason))
+def test_drop_reasons_are_strs_equal_to_their_values(
+    reason: wbactor.DropReason,
+) -> None:
+    assert isinstance(reason, str)
+    assert reason == reason.value
+    assert str(reason) == reason.value
+    assert f"{reason}" == reason.value
+    assert wbactor.DropReason(reason.value) is reason
+    assert hash(reason) == hash(reason.value)
+
+
+def test_drop_oldest_reason_equals_its_string() -> None:
+    reason: object = wbactor.DropReason.DROP_OLDEST
+    assert reason == "drop_oldest"
+    assert {"drop_oldest": 1}[wbactor.DropReason.DROP_OLDEST] == 1
+
+
+def test_policy_values_are_not_interchangeable_with_strings() -> None:
+    assert {p.value for p in wbactor.Policy} == {
+        "drop_oldest",
+        "drop_newest",
+        "block",
+        "coalesce_by_key",
+    }
+    assert wbactor.Policy("block") is wbactor.Policy.BLOCK
+    assert not isinstance(wbactor.Policy.DROP_OLDEST, str)
