@@ -182,6 +182,7 @@ class WriteBehind(Generic[T]):
                 batches=final.batches,
                 depth=final.depth,
                 in_flight=final.in_flight,
+                oldest_age=final.oldest_age,
             )
             self._final = final
             return final

@@ -96,6 +96,7 @@ class PolicyInbox(Generic[T]):
         self.generation = 0
         self.failures = 0
         self.attempt_started: float | None = None
+        self.abandoned = False  # an attempt was given up on at stop: may hang
 
     # -- pykka's inbox protocol -------------------------------------------
 
@@ -393,6 +394,8 @@ class PolicyInbox(Generic[T]):
             self.generation += 1
             self.attempt_started = None
             buffer = self._buffer
+            if buffer.in_flight is not None:
+                self.abandoned = True
             items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
             self._progress.notify_all()
             return items

@@ -94,6 +94,9 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self.supervisor: pykka.ActorRef[Any] | None = None  # set before start
         self._waiters: list[AwaitFlush] = []  # in target order
         self._tick = FlushTick()  # the timer's; a told FlushTick is not rescheduled
+        # A tick that found items queued behind a batch in flight is owed:
+        # they go as soon as that batch settles, not a tick later.
+        self._tick_owed = False
 
     def _create_actor_inbox(self) -> Any:  # type: ignore[override]
         # pykka's inbox hook is a staticmethod; ours is built from the config.
@@ -136,6 +139,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         elif cls is FlushTick:
             self.policy_inbox.mark_tick()
             self._drop_log.flush_due()
+            self._tick_owed = True
             self._dispatch(force=True)
             if message is self._tick:
                 self._schedule_tick()
@@ -157,9 +161,13 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._dispatch(force=bool(waiters))
 
     def _dispatch(self, *, force: bool) -> None:
-        if self.policy_inbox.dispatch(force=force):
+        inbox = self.policy_inbox
+        if inbox.dispatch(force=force or self._tick_owed):
+            self._tick_owed = False
             assert self.supervisor is not None  # noqa: S101 - set before start
             tell_quietly(self.supervisor, Dispatched())
+        elif not inbox.depth():
+            self._tick_owed = False
 
     def _schedule_tick(self) -> None:
         deadline = self._clock.now() + self._flush_interval

@@ -91,8 +91,13 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._spawn(flusher)
 
     def on_stop(self) -> None:
-        """Retire the flusher actor (without waiting: it may be hung)."""
-        self._retire()
+        """Retire the flusher actor; wait for it unless an attempt was abandoned.
+
+        After a clean drain the flusher is idle and stops at once, so `stop()`
+        returns with no actor left. An abandoned attempt may hang for good, so
+        then the flusher is left to stop when (if) its flush returns.
+        """
+        self._retire(wait=not self._inbox.abandoned)
 
     def on_receive(self, message: Any) -> None:
         """Route outcomes from the flusher, the queue and the timer."""
@@ -124,11 +129,11 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             retired=self._retired,
         )
 
-    def _retire(self) -> None:
+    def _retire(self, *, wait: bool = False) -> None:
         """Stop the current flusher actor as asked, so it reports no death."""
         self._retired.set()
         if self._flusher is not None:
-            self._flusher.stop(block=False)
+            self._flusher.stop(block=wait)
             self._flusher = None
 
     def _restart(self, cause: str) -> None:
@@ -140,7 +145,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         else:
             try:
                 flusher = factory()
-            except Exception as error:  # noqa: BLE001 - counts as a failed attempt
+            except BaseException as error:  # noqa: BLE001 - a failed attempt, as in flush
                 # No actor runs this generation: fail it as if it had raised.
                 self._failed(self._inbox.generation, error, cause)
                 return
