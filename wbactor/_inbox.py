@@ -147,6 +147,7 @@ class PolicyInbox(Generic[T]):
         with self._lock:
             buffer = self._buffer
             if self._closed:
+                self._refuse_if_stopped()
                 buffer.reject(_CLOSED)
                 dropped: tuple[T] | None = (item,)
                 reason = _CLOSED
@@ -184,6 +185,8 @@ class PolicyInbox(Generic[T]):
             deadline = _monotonic() + self._block_timeout
         drops: list[tuple[T, DropReason]] = []
         with self._lock:
+            if self._closed:
+                self._refuse_if_stopped()
             for key, item, key_ok in keyed:
                 dropped = self._place(key, item, key_ok=key_ok, deadline=deadline)
                 if dropped is not None:
@@ -219,6 +222,7 @@ class PolicyInbox(Generic[T]):
         with self._lock:
             buffer = self._buffer
             if self._closed:
+                self._refuse_if_stopped()
                 dropped = list(items)
                 for _ in dropped:
                     buffer.reject(_CLOSED)
@@ -257,6 +261,16 @@ class PolicyInbox(Generic[T]):
             self._note_batch_ready()
         if dropped is not None:
             self.report_drops((dropped[0],), dropped[1])
+
+    def _refuse_if_stopped(self) -> None:
+        """Raise (lock held) if the actor stopped: pykka's rule for a dead actor.
+
+        While stopping, told items are still counted (dropped with `closed`);
+        once stopped, `stop()` has taken its final `Stats`, so they are refused.
+        """
+        if self._stopped:
+            msg = "the queue actor has stopped"
+            raise pykka.ActorDeadError(msg)
 
     def _note_batch_ready(self) -> None:
         """Wake the actor (lock held) if a full batch waits and none is in flight."""
