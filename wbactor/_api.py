@@ -133,7 +133,10 @@ class WriteBehind(Generic[T]):
         Raises:
             TimeoutError: not done within `timeout` seconds (the flush goes on).
             QueueClosedError: the queue is stopping or stopped.
+            RuntimeError: called from a flusher or `on_drop` running on one
+                of the queue's own actors, where it would wait for itself.
         """
+        self._inbox.check_not_actor_thread("flush()")
         if self._inbox.closed:
             msg = "the queue is stopping or stopped; use stop() to drain it"
             raise QueueClosedError(msg)
@@ -157,7 +160,12 @@ class WriteBehind(Generic[T]):
         none is left or `timeout` seconds pass; what is left then is dropped
         with `closed`. New items are refused from the start of the call.
         Idempotent: later calls return the same `Stats`.
+
+        Raises:
+            RuntimeError: called from a flusher or `on_drop` running on one
+                of the queue's own actors, where it would wait for itself.
         """
+        self._inbox.check_not_actor_thread("stop()")
         with self._stop_lock:
             if self._final is not None:
                 return self._final

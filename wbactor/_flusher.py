@@ -9,13 +9,14 @@ escapes into pykka, which would stop every actor in the process.
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
 from wbactor._inbox import Stale
-from wbactor._log import BATCH_FLUSHED, describe, logger
+from wbactor._log import BATCH_FLUSHED, FLUSHER_CLOSE_FAILED, describe, logger
 from wbactor._messages import (
     BatchFailed,
     BatchFlushed,
@@ -25,7 +26,6 @@ from wbactor._messages import (
 )
 
 if TYPE_CHECKING:
-    import threading
     from collections.abc import Callable
     from types import TracebackType
 
@@ -69,6 +69,10 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._supervisor = supervisor
         self._retired = retired
 
+    def on_start(self) -> None:
+        """Note this thread runs user code for the queue."""
+        self._inbox.actor_threads.add(threading.get_ident())
+
     def on_receive(self, message: Any) -> None:
         """Run batches when the supervisor says so."""
         if isinstance(message, RunBatches) and message.generation == self._generation:
@@ -103,7 +107,8 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             try:
                 close()
             except Exception as error:  # noqa: BLE001 - a broken connection may not close
-                logger.warning("flusher_close_failed", error=describe(error))
+                logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
+        self._inbox.actor_threads.discard(threading.get_ident())
 
     def on_failure(
         self,
@@ -113,6 +118,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
     ) -> None:
         """Report a death (cannot happen through `flush`, which is guarded)."""
         self._report_death()
+        self._inbox.actor_threads.discard(threading.get_ident())
 
     def _report_death(self) -> None:
         if not self._retired.is_set():

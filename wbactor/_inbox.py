@@ -97,6 +97,9 @@ class PolicyInbox(Generic[T]):
         self.failures = 0
         self.attempt_started: float | None = None
         self.abandoned = False  # an attempt was given up on at stop: may hang
+        # Threads of this queue's actors that run user code (flush, on_drop,
+        # factories): they must not wait for the queue, which waits for them.
+        self.actor_threads: set[int] = set()
 
     # -- pykka's inbox protocol -------------------------------------------
 
@@ -301,7 +304,14 @@ class PolicyInbox(Generic[T]):
         return keyed
 
     def _wait_room(self, timeout: float | None) -> DropReason | None:
-        """Wait (lock held) for room under BLOCK; return why not, or None."""
+        """Wait (lock held) for room under BLOCK; return why not, or None.
+
+        A push from one of the queue's own actors (a flusher or `on_drop`
+        pushing back) cannot wait: room is made by that very thread. It
+        times out at once instead of deadlocking.
+        """
+        if threading.get_ident() in self.actor_threads:
+            return _PUSH_TIMEOUT
         # Producer waits are in real time: the producer's own time, not the clock's.
         deadline = None if timeout is None else _monotonic() + timeout
         self._room_waiters += 1
@@ -495,6 +505,20 @@ class PolicyInbox(Generic[T]):
             return (self.generation, self.attempt_started, in_flight)
 
     # -- anyone -------------------------------------------------------------
+
+    def check_not_actor_thread(self, what: str) -> None:
+        """Raise RuntimeError if called from one of this queue's actor threads.
+
+        `flush()` and `stop()` wait for the actors; called from a flusher or
+        an `on_drop` running on one of them, they would wait for themselves.
+        """
+        if threading.get_ident() in self.actor_threads:
+            msg = (
+                f"{what} called from inside the queue (a flusher, flusher_factory "
+                "or on_drop running on one of its actors) would wait for itself; "
+                "call it from another thread"
+            )
+            raise RuntimeError(msg)
 
     def depth(self) -> int:
         """Return the items queued, not counting the batch in flight."""

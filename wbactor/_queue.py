@@ -8,6 +8,7 @@ for a pending `Flush`, and while stopping; one batch in flight at a time.
 
 from __future__ import annotations
 
+import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
@@ -104,6 +105,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
 
     def on_start(self) -> None:
         """Schedule the first tick, `flush_interval` after start."""
+        self.policy_inbox.actor_threads.add(threading.get_ident())
         self._schedule_tick()
 
     def on_stop(self) -> None:
@@ -114,6 +116,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         is still queued or in flight is dropped with `closed`, not lost.
         """
         inbox = self.policy_inbox
+        inbox.actor_threads.discard(threading.get_ident())
         futures = inbox.mark_stopped()
         futures += [w.reply_to for w in self._waiters if w.reply_to is not None]
         self._waiters.clear()

@@ -86,6 +86,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
 
     def on_start(self) -> None:
         """Start the first flusher actor."""
+        self._inbox.actor_threads.add(threading.get_ident())
         flusher, self._first_flusher = self._first_flusher, None
         assert flusher is not None  # noqa: S101 - set in __init__
         self._spawn(flusher)
@@ -98,6 +99,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         then the flusher is left to stop when (if) its flush returns.
         """
         self._retire(wait=not self._inbox.abandoned)
+        self._inbox.actor_threads.discard(threading.get_ident())
 
     def on_receive(self, message: Any) -> None:
         """Route outcomes from the flusher, the queue and the timer."""
