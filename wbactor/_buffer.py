@@ -10,6 +10,11 @@ Positions: every item that enters the queue's tail takes the next position
 coalesced item takes over the position of the item it replaces. So "every item
 pushed before now" is "every position below `tail` now", which is how `Flush`
 knows when it is done.
+
+Nothing counts items as they are appended: `tail` is `head + len`, and
+`pushed` follows from it. So the inbox may `append` to `items` without the
+lock (a single, GIL-atomic `deque.append`), as long as everything that
+*removes* items holds it; the counts stay exact at every snapshot.
 """
 
 from __future__ import annotations
@@ -48,7 +53,6 @@ class PolicyBuffer(Generic[T]):
         self._items: deque[T] = deque()
         self._by_key: OrderedDict[Hashable, T] = OrderedDict()
         self.head = 0
-        self.tail = 0
         self.in_flight: list[T] | None = None
         self.in_flight_start = 0
         self.coalesced = 0
@@ -86,6 +90,16 @@ class PolicyBuffer(Generic[T]):
         return list(self._by_key.values()) if self._keyed else list(self._items)
 
     @property
+    def items(self) -> deque[T]:
+        """The queue of the unkeyed policies, for the inbox's lock-free appends."""
+        return self._items
+
+    @property
+    def tail(self) -> int:
+        """Return the position the next new item takes."""
+        return self.head + len(self)
+
+    @property
     def pushed(self) -> int:
         """Return the items pushed: entered the tail, coalesced, or refused."""
         return self.tail + self.coalesced + self.rejected
@@ -98,7 +112,6 @@ class PolicyBuffer(Generic[T]):
 
     def _push_drop_oldest(self, item: T) -> tuple[T] | None:
         items = self._items
-        self.tail += 1
         items.append(item)
         if len(items) > self.capacity:
             self.head += 1
@@ -107,13 +120,10 @@ class PolicyBuffer(Generic[T]):
         return None
 
     def _push_drop_newest(self, item: T) -> tuple[T] | None:
-        items = self._items
-        if len(items) >= self.capacity:
-            self.rejected += 1
-            self.dropped[_NEWEST] += 1
+        if len(self._items) >= self.capacity:
+            self.reject(_NEWEST)
             return (item,)
-        self.tail += 1
-        items.append(item)
+        self._items.append(item)
         return None
 
     def _push_block(self, item: T) -> tuple[T] | None:
@@ -121,9 +131,30 @@ class PolicyBuffer(Generic[T]):
         if len(items) >= self.capacity:
             msg = "BLOCK buffer is full: the inbox must wait for room first"
             raise OverflowError(msg)
-        self.tail += 1
         items.append(item)
         return None
+
+    def evict_overflow(self) -> list[T]:
+        """Drop the items beyond `capacity`; return them.
+
+        Appends made without the lock can overshoot `capacity` by one item per
+        producer. DROP_NEWEST drops the newest (from the right), the others
+        the oldest (from the left), each counted as the policy's drop.
+        """
+        items = self._items
+        excess = len(items) - self.capacity
+        if excess <= 0:
+            return []
+        if self.policy is Policy.DROP_NEWEST:
+            dropped = [items.pop() for _ in range(excess)]
+            dropped.reverse()
+            self.rejected += excess
+        else:
+            popleft = items.popleft
+            dropped = [popleft() for _ in range(excess)]
+            self.head += excess
+        self.dropped[self.overflow_reason] += excess
+        return dropped
 
     def push_keyed(self, key: Hashable, item: T) -> tuple[T] | None:
         """Queue `item` under `key` (COALESCE_BY_KEY); return the item dropped.
@@ -137,7 +168,6 @@ class PolicyBuffer(Generic[T]):
             by_key[key] = item
             self.coalesced += 1
             return None
-        self.tail += 1
         by_key[key] = item
         if len(by_key) > self.capacity:
             self.head += 1
@@ -161,10 +191,8 @@ class PolicyBuffer(Generic[T]):
         if self._keyed:
             popitem = self._by_key.popitem
             batch = [popitem(last=False)[1] for _ in range(k)]
-        elif k == len(self._items):
-            batch = list(self._items)
-            self._items.clear()
         else:
+            # popleft, not list() + clear(): another thread may append meanwhile.
             popleft = self._items.popleft
             batch = [popleft() for _ in range(k)]
         self.in_flight_start = self.head
@@ -191,9 +219,11 @@ class PolicyBuffer(Generic[T]):
 
     def drop_queued(self, reason: DropReason) -> list[T]:
         """Drop every queued item with `reason`; return them, oldest first."""
-        items = self.queued()
-        self._items.clear()
+        items = list(self._by_key.values())
         self._by_key.clear()
+        unkeyed = self._items
+        while unkeyed:  # popleft, not clear(): another thread may append meanwhile
+            items.append(unkeyed.popleft())
         self.head += len(items)
         self.dropped[reason] += len(items)
         return items
@@ -222,16 +252,21 @@ class PolicyBuffer(Generic[T]):
         return max(0.0, now - self._marks[0][0])
 
     def stats(self, now: float) -> Stats:
-        """Return a snapshot of every counter."""
+        """Return a snapshot of every counter.
+
+        The length is read once: another thread may append meanwhile, and
+        `pushed` and `depth` must agree on it.
+        """
+        depth = len(self)
         return Stats(
-            pushed=self.pushed,
+            pushed=self.head + depth + self.coalesced + self.rejected,
             flushed=self.flushed,
             coalesced=self.coalesced,
             dropped=Stats.freeze_dropped(self.dropped),
             retries=self.retries,
             restarts=self.restarts,
             batches=self.batches,
-            depth=len(self),
+            depth=depth,
             in_flight=len(self.in_flight) if self.in_flight is not None else 0,
-            oldest_age=self.oldest_age(now),
+            oldest_age=self.oldest_age(now) if depth else 0.0,
         )

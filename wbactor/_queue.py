@@ -29,6 +29,8 @@ from wbactor._messages import (
 from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
+    from types import TracebackType
+
     from wbactor._clock import Clock
     from wbactor._inbox import PolicyInbox
     from wbactor._log import DropLog
@@ -59,17 +61,15 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
         Raises:
             pykka.ActorDeadError: the queue actor has stopped.
         """
+        # No is_alive() check here: the inbox raises ActorDeadError itself
+        # once the actor stopped, on its closed path, off the hot path.
         cls = message.__class__
-        if cls is not Push and cls is not PushMany:
-            super().tell(message)
-            return
-        if self.actor_stopped.is_set():
-            msg = f"{self} not found"
-            raise pykka.ActorDeadError(msg)
         if cls is Push:
             self._offer(message.item)
-        else:
+        elif cls is PushMany:
             self._offer_many(message.items)
+        else:
+            super().tell(message)
 
 
 class QueueActor(pykka.ThreadingActor, Generic[T]):
@@ -128,6 +128,15 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         for ref in (self.supervisor, self._timer):
             if ref is not None:
                 ref.stop(block=False)
+
+    def on_failure(
+        self,
+        exception_type: type[BaseException] | None,  # noqa: ARG002 - pykka's hook
+        exception_value: BaseException | None,  # noqa: ARG002
+        traceback: TracebackType | None,  # noqa: ARG002
+    ) -> None:
+        """Clean up as on a stop: a failure here is a bug, but loses nothing."""
+        self.on_stop()
 
     def on_receive(self, message: Any) -> None:
         """Hand over batches when one is due; answer flushes when done."""

@@ -79,7 +79,8 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._first_flusher: FlusherLike[T] | None = first_flusher
         self._flusher: pykka.ActorRef[Any] | None = None
         self._retired = threading.Event()
-        self._restart_due: int | None = None  # generation awaiting its restart
+        # Retired flusher actors that are not hung, and their stop futures.
+        self._stopping: list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]] = []
         self._watching = False
 
     # -- lifecycle ----------------------------------------------------------
@@ -98,7 +99,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         returns with no actor left. An abandoned attempt may hang for good, so
         then the flusher is left to stop when (if) its flush returns.
         """
-        self._retire(wait=not self._inbox.abandoned)
+        self._retire(hung=self._inbox.abandoned)
+        for _, stopped in self._stopping:
+            stopped.get()
         self._inbox.actor_threads.discard(threading.get_ident())
 
     def on_receive(self, message: Any) -> None:
@@ -131,12 +134,19 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             retired=self._retired,
         )
 
-    def _retire(self, *, wait: bool = False) -> None:
-        """Stop the current flusher actor as asked, so it reports no death."""
+    def _retire(self, *, hung: bool = False) -> None:
+        """Stop the current flusher actor as asked, so it reports no death.
+
+        Without waiting: it may be busy. Unless its attempt `hung`, it stops
+        promptly, and `on_stop` waits for it.
+        """
         self._retired.set()
-        if self._flusher is not None:
-            self._flusher.stop(block=wait)
-            self._flusher = None
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None:
+            stopped = flusher.stop(block=False)
+            self._stopping = [s for s in self._stopping if s[0].is_alive()]
+            if not hung:
+                self._stopping.append((flusher, stopped))
 
     def _restart(self, cause: str) -> None:
         """Start a fresh flusher actor and run the batch in flight, if any."""
@@ -184,7 +194,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         if outcome is None:
             return  # a stale report from a retired flusher
         failures, batch_size = outcome
-        self._retire()
+        self._retire(hung=cause == "timeout")
         max_retries = self._config.max_retries
         if batch_size and 0 <= max_retries < failures:
             items = self._inbox.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
