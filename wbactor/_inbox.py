@@ -314,13 +314,21 @@ class PolicyInbox(Generic[T]):
             QueueClosedError: the queue is stopping or stopped.
             PushTimeoutError: `Policy.BLOCK` found no room within `timeout`.
         """
+        closed = "the queue is stopping or stopped; the item was not accepted"
+        if self._closed:
+            raise QueueClosedError(closed)
+        if not self._blocking:  # nothing to wait for: the tell path
+            try:
+                self.offer(item)
+            except pykka.ActorDeadError:  # stopped since the check above
+                raise QueueClosedError(closed) from None
+            return
         [(key, _, key_ok)] = self._keyed((item,))
         with self._lock:
             buffer = self._buffer
             if self._closed:
-                msg = "the queue is stopping or stopped; the item was not accepted"
-                raise QueueClosedError(msg)
-            if key_ok and self._blocking and len(buffer) >= buffer.capacity:
+                raise QueueClosedError(closed)
+            if key_ok and len(buffer) >= buffer.capacity:
                 reason = self._wait_room(timeout)
                 if reason is _CLOSED:
                     msg = "the queue stopped while push() waited for room"

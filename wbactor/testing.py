@@ -28,24 +28,24 @@ class ManualClock:
     """A clock that stands still until `advance()` moves it.
 
     `advance(seconds)` wakes every wbactor timer whose deadline falls due and
-    returns once each has sent what was due (or after 5 s, if a timer is
-    stuck), so a test reads like a timeline::
+    returns once every timer on this clock is waiting again for a deadline
+    still ahead (or after 5 s, if one is stuck): everything that fell due has
+    been sent by then. The actors that receive it handle it asynchronously,
+    so wait for the effect (`RecordingFlusher.wait_for_items`,
+    `WriteBehind.wait_for`). A test reads like a timeline::
 
         clock = ManualClock()
         wb = wbactor.start(wbactor.Config(capacity=10, flusher=f, clock=clock))
         wb.ref.tell(wbactor.Push(1))
-        clock.advance(1.0)  # the first tick fires: the item is flushed
+        clock.advance(1.0)  # the first tick is sent: the item gets flushed
     """
 
     def __init__(self, start: float = 0.0) -> None:
         """Start the clock at `start` seconds."""
         self._now = float(start)
         self._lock = threading.Condition()
-        # condition -> (deadline, epoch when it began waiting, waiting thread)
-        self._waiters: dict[
-            threading.Condition, tuple[float | None, int, threading.Thread]
-        ] = {}
-        self._epoch = 0
+        self._timers: dict[threading.Condition, threading.Thread] = {}
+        self._waiting: dict[threading.Condition, float | None] = {}
 
     def now(self) -> float:
         """Return the current manual time."""
@@ -56,17 +56,14 @@ class ManualClock:
         with self._lock:
             if deadline is not None and deadline <= self._now:
                 return
-            self._waiters[condition] = (
-                deadline,
-                self._epoch,
-                threading.current_thread(),
-            )
+            self._timers[condition] = threading.current_thread()
+            self._waiting[condition] = deadline
             self._lock.notify_all()
         try:
             condition.wait()
         finally:
             with self._lock:
-                self._waiters.pop(condition, None)
+                self._waiting.pop(condition, None)
 
     def advance(self, seconds: float) -> None:
         """Move time forward by `seconds` and fire what falls due.
@@ -79,30 +76,32 @@ class ManualClock:
             raise ValueError(msg)
         with self._lock:
             self._now += seconds
-            self._epoch += 1
-            epoch, now = self._epoch, self._now
-            due = [
-                (cond, thread)
-                for cond, (deadline, _, thread) in self._waiters.items()
-                if deadline is not None and deadline <= now
-            ]
-        for cond, _ in due:
+            now = self._now
+            due = [c for c, d in self._waiting.items() if d is not None and d <= now]
+        for cond in due:
             with cond:
                 cond.notify_all()
         give_up = time.monotonic() + _SETTLE_TIMEOUT
         with self._lock:
-            while any(self._busy(cond, thread, epoch) for cond, thread in due):
+            while self._unsettled(now):
                 if time.monotonic() >= give_up:
                     return
                 # Woken when a timer waits again; the timeout only covers a
-                # timer thread that ended instead.
+                # timer thread that ends instead.
                 self._lock.wait(0.05)
 
-    def _busy(
-        self, cond: threading.Condition, thread: threading.Thread, epoch: int
-    ) -> bool:
-        waiting = self._waiters.get(cond)
-        return (waiting is None or waiting[1] < epoch) and thread.is_alive()
+    def _unsettled(self, now: float) -> bool:
+        """Whether a live timer is not yet waiting for a deadline after `now`."""
+        for cond, thread in list(self._timers.items()):
+            if not thread.is_alive():
+                del self._timers[cond]
+                continue
+            if cond not in self._waiting:
+                return True  # busy: it checks what is due before it waits
+            deadline = self._waiting[cond]
+            if deadline is not None and deadline <= now:
+                return True  # notified, not yet woken
+        return False
 
 
 class RecordingFlusher(Generic[T]):
