@@ -385,3 +385,19 @@ def test_the_library_never_configures_structlog() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "RESULT before=False after=False" in result.stderr
+
+
+def test_batch_flushed_follows_structlog_configured_after_the_queue_started(
+    clock: ManualClock,
+) -> None:
+    flusher: RecordingFlusher[str] = RecordingFlusher()
+    with running(wbactor.Config(capacity=10, flusher=flusher, clock=clock)) as wb:
+        wb.push(item(1))
+        wb.flush(WAIT)  # the flusher logs once with the config of the moment
+        with capture_logs() as logs:  # reconfigures structlog
+            wb.push(item(2))
+            wb.flush(WAIT)
+        wb.push(item(3))
+        wb.flush(WAIT)  # back to the old config: not captured
+    assert [e["batch_size"] for e in events(logs, "batch_flushed")] == [1]
+    assert flusher.items == [item(1), item(2), item(3)]

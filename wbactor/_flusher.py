@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pykka
 
 from wbactor._inbox import Stale
-from wbactor._log import BATCH_FLUSHED, FLUSHER_CLOSE_FAILED, describe, logger
+from wbactor._log import (
+    BATCH_FLUSHED,
+    FLUSHER_CLOSE_FAILED,
+    describe,
+    hot_logger,
+    logger,
+)
 from wbactor._messages import (
     BatchFailed,
     BatchFlushed,
@@ -88,7 +94,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             except BaseException as error:  # noqa: BLE001 - every failure is retried
                 tell_quietly(self._supervisor, BatchFailed(generation, error))
                 return
-            logger.debug(
+            hot_logger().debug(
                 BATCH_FLUSHED,
                 batch_size=len(batch),
                 duration=time.perf_counter() - started,
