@@ -51,13 +51,23 @@ def as_flush_function(flusher: FlusherLike[T]) -> Callable[[list[T]], object]:
     return flusher  # type: ignore[return-value]
 
 
+def close_flusher(flusher: object) -> None:
+    """Call the flusher's `close()`, if it has one; log what it raises."""
+    close = getattr(flusher, "close", None)
+    if callable(close):
+        try:
+            close()
+        except BaseException as error:  # noqa: BLE001 - in an actor: must not escape
+            logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
+
+
 class FlusherActor(pykka.ThreadingActor, Generic[T]):
     """Runs the user's flusher for one supervisor generation."""
 
     # A flush hung in user code must not keep the process alive at exit.
     use_daemon_thread = True
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
         *,
         flusher: FlusherLike[T],
@@ -65,6 +75,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         inbox: PolicyInbox[T],
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
+        owns_flusher: bool,
     ) -> None:
         """Make the flusher actor of `generation`."""
         super().__init__()
@@ -74,6 +85,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._inbox = inbox
         self._supervisor = supervisor
         self._retired = retired
+        self._owns_flusher = owns_flusher  # made for it by flusher_factory
 
     def on_start(self) -> None:
         """Note this thread runs user code for the queue."""
@@ -106,14 +118,14 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         tell_quietly(self._supervisor, BatchFlushed(generation))
 
     def on_stop(self) -> None:
-        """Report a death unless retired; close the flusher if it can be."""
+        """Report a death unless retired; close the flusher if it is its own.
+
+        A flusher from `flusher_factory` belongs to this actor and is closed
+        here; a shared `Config.flusher` is closed by the supervisor at stop.
+        """
         self._report_death()
-        close = getattr(self._flusher, "close", None)
-        if callable(close):
-            try:
-                close()
-            except Exception as error:  # noqa: BLE001 - a broken connection may not close
-                logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
+        if self._owns_flusher:
+            close_flusher(self._flusher)
         self._inbox.actor_threads.discard(threading.get_ident())
 
     def on_failure(

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pykka
 
 from wbactor._config import default_backoff
-from wbactor._flusher import FlusherActor
+from wbactor._flusher import FlusherActor, close_flusher
 from wbactor._log import (
     FLUSH_FAILED,
     FLUSHER_RESTARTED,
@@ -102,6 +102,10 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._retire(hung=self._inbox.abandoned)
         for _, stopped in self._stopping:
             stopped.get()
+        shared = self._config.flusher
+        if self._config.flusher_factory is None and not self._inbox.abandoned:
+            # The one flusher every actor used: closed once, when none uses it.
+            close_flusher(shared)
         self._inbox.actor_threads.discard(threading.get_ident())
 
     def on_receive(self, message: Any) -> None:
@@ -132,6 +136,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             inbox=self._inbox,
             supervisor=self.actor_ref,
             retired=self._retired,
+            owns_flusher=self._config.flusher_factory is not None,
         )
 
     def _retire(self, *, hung: bool = False) -> None:
@@ -171,10 +176,12 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         _, _, in_flight = self._inbox.attempt()
         if self._flusher is None or not in_flight:
             return  # a restart is pending and will run it, or nothing to run
-        tell_quietly(self._flusher, RunBatches(self._inbox.generation))
+        # Watch before running: the deadline must be fixed on the clock
+        # before the attempt can start (and a test can see it start).
         if self._config.flush_timeout is not None and not self._watching:
             self._watching = True
             self._schedule(self._config.flush_timeout, WatchdogDue())
+        tell_quietly(self._flusher, RunBatches(self._inbox.generation))
 
     def _schedule(self, delay: float, message: Any, now: float | None = None) -> None:
         start = self._clock.now() if now is None else now
