@@ -323,24 +323,19 @@ class PolicyInbox(Generic[T]):
             except pykka.ActorDeadError:  # stopped since the check above
                 raise QueueClosedError(closed) from None
             return
-        [(key, _, key_ok)] = self._keyed((item,))
-        with self._lock:
-            buffer = self._buffer
+        with self._lock:  # BLOCK: wait for room, or raise
             if self._closed:
                 raise QueueClosedError(closed)
-            if key_ok and len(buffer) >= buffer.capacity:
-                reason = self._wait_room(timeout)
-                if reason is _CLOSED:
+            if len(self._buffer) >= self._capacity:
+                refused = self._wait_room(timeout)
+                if refused is _CLOSED:
                     msg = "the queue stopped while push() waited for room"
                     raise QueueClosedError(msg)
-                if reason is not None:
+                if refused is not None:
                     msg = f"no room in the queue within {timeout} s"
                     raise PushTimeoutError(msg)
-            # Room is there now (or the policy makes it), so this cannot wait.
-            dropped = self._place(key, item, key_ok=key_ok, deadline=None)
+            self._buffer.push(item)  # there is room: BLOCK drops nothing
             self._note_batch_ready()
-        if dropped is not None:
-            self.report_drops((dropped[0],), dropped[1])
 
     def _refuse_if_stopped(self) -> None:
         """Raise (lock held) if the actor stopped: pykka's rule for a dead actor.
@@ -463,11 +458,6 @@ class PolicyInbox(Generic[T]):
         """Return the position below which every item is flushed or dropped."""
         with self._lock:
             return self._buffer.settled()
-
-    def tail(self) -> int:
-        """Return the position the next new item will take."""
-        with self._lock:
-            return self._buffer.tail
 
     def mark_tick(self) -> None:
         """Note the tick's time, for `Stats.oldest_age`."""
