@@ -134,15 +134,16 @@ class PolicyBuffer(Generic[T]):
         items.append(item)
         return None
 
-    def evict_overflow(self) -> list[T]:
+    def evict_overflow(self, length: int | None = None) -> list[T]:
         """Drop the items beyond `capacity`; return them.
 
         Appends made without the lock can overshoot `capacity` by one item per
         producer. DROP_NEWEST drops the newest (from the right), the others
         the oldest (from the left), each counted as the policy's drop.
+        `length` is the queue length to judge by, if already read.
         """
         items = self._items
-        excess = len(items) - self.capacity
+        excess = (len(items) if length is None else length) - self.capacity
         if excess <= 0:
             return []
         if self.policy is Policy.DROP_NEWEST:
@@ -251,13 +252,14 @@ class PolicyBuffer(Generic[T]):
         self._prune_marks()
         return max(0.0, now - self._marks[0][0])
 
-    def stats(self, now: float) -> Stats:
+    def stats(self, now: float, depth: int | None = None) -> Stats:
         """Return a snapshot of every counter.
 
-        The length is read once: another thread may append meanwhile, and
-        `pushed` and `depth` must agree on it.
+        The length is read once (or given as `depth`): another thread may
+        append meanwhile, and `pushed` and `depth` must agree on it.
         """
-        depth = len(self)
+        if depth is None:
+            depth = len(self)
         return Stats(
             pushed=self.head + depth + self.coalesced + self.rejected,
             flushed=self.flushed,

@@ -86,14 +86,19 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._supervisor = supervisor
         self._retired = retired
         self._owns_flusher = owns_flusher  # made for it by flusher_factory
+        self._failed = False  # an attempt failed: this actor is done
 
     def on_start(self) -> None:
         """Note this thread runs user code for the queue."""
         self._inbox.actor_threads.add(threading.get_ident())
 
     def on_receive(self, message: Any) -> None:
-        """Run batches when the supervisor says so."""
-        if isinstance(message, RunBatches) and message.generation == self._generation:
+        """Run batches when the supervisor says so, until an attempt fails."""
+        if (
+            isinstance(message, RunBatches)
+            and message.generation == self._generation
+            and not self._failed
+        ):
             self._run()
 
     def _run(self) -> None:
@@ -104,6 +109,10 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             try:
                 flush(batch)
             except BaseException as error:  # noqa: BLE001 - every failure is retried
+                # Run nothing more: until the supervisor retires this
+                # generation, a RunBatches already queued here would retry
+                # the batch at once, beside the retry the supervisor makes.
+                self._failed = True
                 tell_quietly(self._supervisor, BatchFailed(generation, error))
                 return
             hot_logger().debug(

@@ -631,8 +631,10 @@ class PolicyInbox(Generic[T]):
         Evicting here is what lets `Stats.depth` never exceed `capacity`; the
         evicted items are returned for `report_drops`, outside the lock.
         """
-        dropped = [] if self._stopped else self._buffer.evict_overflow()
-        return self._buffer.stats(self._clock.now()), dropped
+        buffer = self._buffer
+        length = len(buffer)  # once: producers may append meanwhile
+        dropped = [] if self._stopped else buffer.evict_overflow(length)
+        return buffer.stats(self._clock.now(), length - len(dropped)), dropped
 
     def wait_progress(
         self, predicate: Callable[[Stats], bool], timeout: float
