@@ -4,44 +4,15 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import pytest
 import structlog
+from support import accounted
 
 import wbactor
 from wbactor import DropReason, Policy, Push, PushMany
-from wbactor.testing import ManualClock, RecordingFlusher
-
-T = TypeVar("T")
-
-
-class Drops(Generic[T]):
-    """An `on_drop` that records (item, reason) pairs, from any thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: list[tuple[T, DropReason]] = []
-
-    def __call__(self, item: T, reason: DropReason) -> None:
-        with self._lock:
-            self.calls.append((item, reason))
-
-    @property
-    def items(self) -> list[T]:
-        with self._lock:
-            return [item for item, _ in self.calls]
-
-
-def accounted(stats: wbactor.Stats) -> int:
-    return (
-        stats.flushed
-        + stats.coalesced
-        + sum(stats.dropped.values())
-        + stats.depth
-        + stats.in_flight
-    )
-
+from wbactor.testing import DropRecorder, ManualClock, RecordingFlusher
 
 # -- conservation under concurrent producers -----------------------------------
 
@@ -98,7 +69,7 @@ def test_conservation_holds_at_every_snapshot_while_producers_push(
     clock: ManualClock, policy: Policy
 ) -> None:
     flusher: RecordingFlusher[tuple[int, int]] = RecordingFlusher()
-    drops: Drops[tuple[int, int]] = Drops()
+    drops: DropRecorder[tuple[int, int]] = DropRecorder()
     config = wbactor.Config(
         capacity=100,
         flusher=flusher,
@@ -227,7 +198,7 @@ def key_of(item: str) -> Any:
 
 def test_key_func_failure_drops_the_item_with_key_error(clock: ManualClock) -> None:
     flusher: RecordingFlusher[str] = RecordingFlusher()
-    drops: Drops[str] = Drops()
+    drops: DropRecorder[str] = DropRecorder()
     config = wbactor.Config(
         capacity=10,
         flusher=flusher,
@@ -276,7 +247,7 @@ def test_on_drop_that_pushes_back_does_not_deadlock_and_is_accounted(
 ) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
     holder: list[wbactor.WriteBehind[int]] = []
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     pushed: list[int] = []
 
     def on_drop(item: int, reason: DropReason) -> None:

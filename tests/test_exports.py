@@ -33,7 +33,13 @@ SPEC_API = {
     "PushTimeoutError",
 }
 
-TESTING_API = {"ManualClock", "RecordingFlusher", "FlakyFlusher", "GatedFlusher"}
+TESTING_API = {
+    "ManualClock",
+    "RecordingFlusher",
+    "FlakyFlusher",
+    "GatedFlusher",
+    "DropRecorder",
+}
 
 MODULES = [wbactor, wbactor.testing]
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import pykka
 from pykka.messages import ProxyGetAttr
+from support import WAIT
 
 import wbactor
 from wbactor._flusher import FlusherActor
@@ -17,8 +18,6 @@ if TYPE_CHECKING:
     import pytest
 
     from wbactor.testing import ManualClock
-
-WAIT = 5.0
 
 
 def test_a_run_queued_before_the_failure_does_not_flush_the_batch_again(

@@ -6,13 +6,12 @@ import threading
 from typing import TYPE_CHECKING
 
 from structlog.testing import capture_logs
+from support import WAIT
 
 import wbactor
 
 if TYPE_CHECKING:
     from wbactor.testing import ManualClock
-
-WAIT = 5.0
 
 
 class ClosingFlusher:

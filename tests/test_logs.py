@@ -2,27 +2,19 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import subprocess
 import sys
 import textwrap
-import threading
-from collections.abc import Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import MutableMapping
+from typing import Any
 
-from pykka.messages import ProxyGetAttr
 from structlog.testing import capture_logs
+from support import WAIT, retries, running, sync
 
 import wbactor
-from wbactor.testing import FlakyFlusher, ManualClock, RecordingFlusher
+from wbactor.testing import DropRecorder, FlakyFlusher, ManualClock, RecordingFlusher
 
-if TYPE_CHECKING:
-    import pykka
-
-T = TypeVar("T")
-
-WAIT = 5.0
 MARKER = "SECRET-ITEM-42"
 
 LogEntries = list[MutableMapping[str, Any]]
@@ -30,25 +22,6 @@ LogEntries = list[MutableMapping[str, Any]]
 
 def item(n: int) -> str:
     return f"{MARKER}-{n}"
-
-
-def sync(ref: pykka.ActorRef[Any]) -> None:
-    """Return once `ref`'s actor has handled every message sent to it before."""
-    ref.ask(ProxyGetAttr(attr_path=("actor_urn",)), timeout=WAIT)
-
-
-def retries(count: int) -> Callable[[wbactor.Stats], bool]:
-    """A `wait_for` predicate: `count` failed attempts were recorded."""
-    return lambda stats: stats.retries == count
-
-
-@contextlib.contextmanager
-def running(config: wbactor.Config[T]) -> Iterator[wbactor.WriteBehind[T]]:
-    wb = wbactor.start(config)
-    try:
-        yield wb
-    finally:
-        wb.stop(timeout=WAIT)
 
 
 def events(logs: LogEntries, name: str) -> LogEntries:
@@ -59,23 +32,6 @@ def assert_no_item_contents(logs: LogEntries) -> None:
     assert logs
     for entry in logs:
         assert MARKER not in repr(entry), entry
-
-
-class Calls:
-    """A thread-safe counter of calls that tests can wait on."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.count = 0
-
-    def hit(self) -> None:
-        with self._cond:
-            self.count += 1
-            self._cond.notify_all()
-
-    def wait(self, count: int) -> None:
-        with self._cond:
-            assert self._cond.wait_for(lambda: self.count >= count, WAIT), self.count
 
 
 def test_items_dropped_is_aggregated_to_one_line_per_reason_per_second(
@@ -160,10 +116,10 @@ def test_flush_failed_flusher_restarted_and_batch_flushed_carry_their_keys(
 def test_retries_exhausted_is_an_error_and_on_drop_failures_are_logged(
     clock: ManualClock,
 ) -> None:
-    on_drop_calls = Calls()
+    on_drop_calls: DropRecorder[str] = DropRecorder()
 
     def on_drop(dropped: str, reason: wbactor.DropReason) -> None:
-        on_drop_calls.hit()
+        on_drop_calls(dropped, reason)
         msg = "audit sink unavailable"
         raise ValueError(msg)
 
@@ -185,7 +141,7 @@ def test_retries_exhausted_is_an_error_and_on_drop_failures_are_logged(
         wb.wait_for(lambda s: s.retries == 1, WAIT)
         clock.advance(1.0)
         wb.wait_for(lambda s: s.dropped_total == 2, WAIT)
-        on_drop_calls.wait(2)
+        on_drop_calls.wait_for(2)
         sync(wb._supervisor)
         wb.ref.tell(wbactor.PushMany([item(3), item(4)]))
         wb.flush(WAIT)

@@ -9,13 +9,14 @@ policy let in until the test calls `wb.flush()` or `wb.stop()`.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
+from support import conservation_holds, first
 
 import wbactor
 from wbactor import DropReason, Policy, Push, PushMany
-from wbactor.testing import GatedFlusher, ManualClock, RecordingFlusher
+from wbactor.testing import DropRecorder, GatedFlusher, ManualClock, RecordingFlusher
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Hashable
@@ -26,36 +27,10 @@ CAPACITY = 3
 BATCH_SIZE = 10  # > CAPACITY: a full batch never waits
 
 
-class Drops(Generic[T]):
-    """An `on_drop` that records (item, reason) pairs."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.calls: list[tuple[T, DropReason]] = []
-
-    def __call__(self, item: T, reason: DropReason) -> None:
-        with self._lock:
-            self.calls.append((item, reason))
-
-
-def conservation_holds(stats: wbactor.Stats) -> bool:
-    return stats.pushed == (
-        stats.flushed
-        + stats.coalesced
-        + sum(stats.dropped.values())
-        + stats.depth
-        + stats.in_flight
-    )
-
-
-def first(item: tuple[str, int]) -> str:
-    return item[0]
-
-
 def start(
     clock: ManualClock,
     flusher: RecordingFlusher[T],
-    drops: Drops[T],
+    drops: DropRecorder[T],
     policy: Policy,
     *,
     key_func: Callable[[T], Hashable] | None = None,
@@ -79,7 +54,7 @@ def start(
 
 def test_drop_oldest_evicts_the_oldest_and_reports_it(clock: ManualClock) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.DROP_OLDEST) as wb:
         for item in range(1, 6):
             wb.ref.tell(Push(item))
@@ -98,7 +73,7 @@ def test_drop_oldest_evicts_the_oldest_and_reports_it(clock: ManualClock) -> Non
 
 def test_drop_oldest_applies_to_push_too(clock: ManualClock) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.DROP_OLDEST) as wb:
         for item in range(1, 6):
             wb.push(item)
@@ -115,7 +90,7 @@ def test_drop_newest_refuses_the_incoming_item_and_reports_it(
     clock: ManualClock,
 ) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.DROP_NEWEST) as wb:
         for item in range(1, 6):
             wb.ref.tell(Push(item))
@@ -136,7 +111,7 @@ def test_block_push_times_out_without_counting_or_dropping_the_item(
     clock: ManualClock,
 ) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.BLOCK) as wb:
         for item in range(1, 4):
             wb.push(item, timeout=0.05)
@@ -161,7 +136,7 @@ def test_block_tell_drops_with_push_timeout_after_block_timeout(
     clock: ManualClock,
 ) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.BLOCK, block_timeout=0.05) as wb:
         for item in range(1, 5):
             wb.ref.tell(Push(item))  # the 4th waits 0.05 s, then is dropped
@@ -177,7 +152,7 @@ def test_block_tell_drops_with_push_timeout_after_block_timeout(
 
 def test_block_push_proceeds_once_a_flush_makes_room(clock: ManualClock) -> None:
     flusher: RecordingFlusher[int] = RecordingFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     with start(clock, flusher, drops, Policy.BLOCK) as wb:
         for item in range(1, 4):
             wb.push(item)
@@ -216,7 +191,7 @@ def test_coalesce_replaces_in_place_keeping_the_first_position(
     clock: ManualClock,
 ) -> None:
     flusher: RecordingFlusher[tuple[str, int]] = RecordingFlusher()
-    drops: Drops[tuple[str, int]] = Drops()
+    drops: DropRecorder[tuple[str, int]] = DropRecorder()
     with start(clock, flusher, drops, Policy.COALESCE_BY_KEY, key_func=first) as wb:
         wb.ref.tell(Push(("a", 1)))
         wb.ref.tell(Push(("b", 1)))
@@ -236,7 +211,7 @@ def test_coalesce_when_full_is_not_a_drop_but_a_new_key_evicts_the_oldest(
     clock: ManualClock,
 ) -> None:
     flusher: RecordingFlusher[tuple[str, int]] = RecordingFlusher()
-    drops: Drops[tuple[str, int]] = Drops()
+    drops: DropRecorder[tuple[str, int]] = DropRecorder()
     with start(clock, flusher, drops, Policy.COALESCE_BY_KEY, key_func=first) as wb:
         for item in [("a", 1), ("b", 1), ("c", 1)]:
             wb.ref.tell(Push(item))
@@ -297,7 +272,7 @@ def test_push_many_applies_the_policy_item_by_item_in_order(
     dropped: list[tuple[Any, str]],
 ) -> None:
     flusher: RecordingFlusher[Any] = RecordingFlusher()
-    drops: Drops[Any] = Drops()
+    drops: DropRecorder[Any] = DropRecorder()
     key_func = first if policy is Policy.COALESCE_BY_KEY else None
     extra: dict[str, Any] = {"block_timeout": 0.05} if policy is Policy.BLOCK else {}
     with start(clock, flusher, drops, policy, key_func=key_func, **extra) as wb:
@@ -317,7 +292,7 @@ def test_push_many_applies_the_policy_item_by_item_in_order(
 )
 def test_depth_never_exceeds_capacity(clock: ManualClock, policy: Policy) -> None:
     flusher: RecordingFlusher[tuple[str, int]] = RecordingFlusher()
-    drops: Drops[tuple[str, int]] = Drops()
+    drops: DropRecorder[tuple[str, int]] = DropRecorder()
     key_func = first if policy is Policy.COALESCE_BY_KEY else None
     with start(clock, flusher, drops, policy, key_func=key_func) as wb:
         for i in range(50):
@@ -340,7 +315,7 @@ def test_the_batch_in_flight_does_not_count_toward_capacity(
     clock: ManualClock,
 ) -> None:
     flusher: GatedFlusher[int] = GatedFlusher()
-    drops: Drops[int] = Drops()
+    drops: DropRecorder[int] = DropRecorder()
     config = wbactor.Config(
         capacity=CAPACITY,
         flusher=flusher,

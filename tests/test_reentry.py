@@ -5,11 +5,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+from support import WAIT
 
 import wbactor
 from wbactor.testing import ManualClock, RecordingFlusher
-
-WAIT = 5.0
 
 
 @pytest.mark.parametrize("method", ["stop", "flush"])

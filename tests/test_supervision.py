@@ -2,70 +2,34 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 import pytest
-from pykka.messages import ProxyGetAttr
 from structlog.testing import capture_logs
+from support import WAIT, Calls, retries, running, sync
 
 import wbactor
 from wbactor._flusher import FlusherActor
-from wbactor.testing import FlakyFlusher, GatedFlusher, ManualClock, RecordingFlusher
+from wbactor.testing import (
+    DropRecorder,
+    FlakyFlusher,
+    GatedFlusher,
+    ManualClock,
+    RecordingFlusher,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Callable
 
 T = TypeVar("T")
-
-WAIT = 5.0
-
-
-def sync(ref: pykka.ActorRef[Any]) -> None:
-    """Return once `ref`'s actor has handled every message sent to it before."""
-    ref.ask(ProxyGetAttr(attr_path=("actor_urn",)), timeout=WAIT)
 
 
 def settle_timer(wb: wbactor.WriteBehind[Any]) -> None:
     """Return once the timer holds what the supervisor scheduled so far."""
     sync(wb._supervisor)
     sync(wb._timer)
-
-
-def retries(count: int) -> Callable[[wbactor.Stats], bool]:
-    """A `wait_for` predicate: `count` failed attempts were recorded."""
-    return lambda stats: stats.retries == count
-
-
-@contextlib.contextmanager
-def running(config: wbactor.Config[T]) -> Iterator[wbactor.WriteBehind[T]]:
-    wb = wbactor.start(config)
-    try:
-        yield wb
-    finally:
-        wb.stop(timeout=WAIT)
-
-
-class Calls(Generic[T]):
-    """A thread-safe list of calls that tests can wait on."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.values: list[T] = []
-
-    def append(self, value: T) -> None:
-        with self._cond:
-            self.values.append(value)
-            self._cond.notify_all()
-
-    def wait_len(self, count: int) -> list[T]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.values) >= count, WAIT):
-                msg = f"wanted {count} calls, have {self.values}"
-                raise TimeoutError(msg)
-            return list(self.values)
 
 
 class ScriptedFlusher(Generic[T]):
@@ -226,7 +190,7 @@ def test_the_same_batch_is_resent_with_the_same_items_in_the_same_order(
 def test_batch_is_dropped_with_retries_exhausted_after_max_retries(
     clock: ManualClock, max_retries: int
 ) -> None:
-    drops: Calls[tuple[str, wbactor.DropReason]] = Calls()
+    drops: DropRecorder[str] = DropRecorder()
     attempts = max_retries + 1
     flusher: ScriptedFlusher[str] = ScriptedFlusher(failures=attempts)
     config = wbactor.Config(
@@ -236,7 +200,7 @@ def test_batch_is_dropped_with_retries_exhausted_after_max_retries(
         flush_interval=100.0,
         max_retries=max_retries,
         retry_backoff=constant(1.0),
-        on_drop=lambda item, reason: drops.append((item, reason)),
+        on_drop=drops,
         clock=clock,
     )
     with capture_logs() as logs, running(config) as wb:
@@ -245,7 +209,7 @@ def test_batch_is_dropped_with_retries_exhausted_after_max_retries(
             wb.wait_for(retries(failed), WAIT)
             clock.advance(1.0)
         stats = wb.wait_for(lambda s: s.dropped_total == 3, WAIT)
-        assert drops.wait_len(3) == [
+        assert drops.wait_for(3) == [
             ("x", wbactor.DropReason.RETRIES_EXHAUSTED),
             ("y", wbactor.DropReason.RETRIES_EXHAUSTED),
             ("z", wbactor.DropReason.RETRIES_EXHAUSTED),
@@ -258,7 +222,7 @@ def test_batch_is_dropped_with_retries_exhausted_after_max_retries(
         wb.flush(WAIT)
         assert flusher.calls.values[-1] == ["p", "q", "r"]
         assert wb.stats().flushed == 3
-    assert len(drops.values) == 3
+    assert len(drops.calls) == 3
     exhausted = [e for e in logs if e["event"] == "retries_exhausted"]
     assert exhausted == [
         {
@@ -615,7 +579,7 @@ def test_a_flusher_factory_failing_at_restart_is_a_failed_attempt_retried_later(
 def test_pushes_are_accepted_under_the_policy_while_a_batch_is_retrying(
     clock: ManualClock,
 ) -> None:
-    drops: Calls[int] = Calls()
+    drops: DropRecorder[int] = DropRecorder()
     flusher: FlakyFlusher[int] = FlakyFlusher(failures=1)
     config = wbactor.Config(
         capacity=4,
@@ -623,7 +587,7 @@ def test_pushes_are_accepted_under_the_policy_while_a_batch_is_retrying(
         batch_size=3,
         flush_interval=100.0,
         retry_backoff=constant(0.5),
-        on_drop=lambda item, reason: drops.append(item),
+        on_drop=drops,
         clock=clock,
     )
     with running(config) as wb:
@@ -637,7 +601,7 @@ def test_pushes_are_accepted_under_the_policy_while_a_batch_is_retrying(
         stats = wb.stats()
         assert (stats.depth, stats.in_flight, stats.pushed) == (4, 3, 9)
         assert stats.dropped == {wbactor.DropReason.DROP_OLDEST: 2}
-        assert drops.wait_len(2) == [3, 4]
+        assert [item for item, _ in drops.wait_for(2)] == [3, 4]
         assert flusher.attempts == 1
         clock.advance(0.5)
         wb.flush(WAIT)

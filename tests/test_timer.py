@@ -5,11 +5,11 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import pykka
 import pytest
-from pykka.messages import ProxyGetAttr
+from support import WAIT, Calls, running, sync
 
 import wbactor
 from wbactor._messages import Schedule
@@ -19,55 +19,18 @@ from wbactor.testing import GatedFlusher, ManualClock, RecordingFlusher
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-T = TypeVar("T")
-
-WAIT = 5.0
 INTERVAL = 1.0
-
-
-def sync(ref: pykka.ActorRef[Any]) -> None:
-    """Return once `ref`'s actor has handled every message sent to it before."""
-    ref.ask(ProxyGetAttr(attr_path=("actor_urn",)), timeout=WAIT)
-
-
-@contextlib.contextmanager
-def running(config: wbactor.Config[T]) -> Iterator[wbactor.WriteBehind[T]]:
-    wb = wbactor.start(config)
-    try:
-        yield wb
-    finally:
-        wb.stop(timeout=WAIT)
-
-
-class Received:
-    """Messages an actor got, in order; tests wait on it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self.messages: list[Any] = []
-
-    def add(self, message: Any) -> None:
-        with self._cond:
-            self.messages.append(message)
-            self._cond.notify_all()
-
-    def wait_len(self, count: int) -> list[Any]:
-        with self._cond:
-            if not self._cond.wait_for(lambda: len(self.messages) >= count, WAIT):
-                msg = f"wanted {count} messages, have {self.messages}"
-                raise TimeoutError(msg)
-            return list(self.messages)
 
 
 class Recorder(pykka.ThreadingActor):
     """Records every message it receives."""
 
-    def __init__(self, received: Received) -> None:
+    def __init__(self, received: Calls[Any]) -> None:
         super().__init__()
         self.received = received
 
     def on_receive(self, message: Any) -> None:
-        self.received.add(message)
+        self.received.append(message)
 
 
 class TickCounter:
@@ -267,8 +230,8 @@ def test_items_a_tick_found_queued_go_out_when_the_batch_in_flight_completes(
 @contextlib.contextmanager
 def timer_and_recorder(
     clock: ManualClock,
-) -> Iterator[tuple[pykka.ActorRef[Any], pykka.ActorRef[Any], Received]]:
-    received = Received()
+) -> Iterator[tuple[pykka.ActorRef[Any], pykka.ActorRef[Any], Calls[Any]]]:
+    received: Calls[Any] = Calls()
     timer = TimerActor.start(clock)
     recorder = Recorder.start(received)
     try:
@@ -295,12 +258,12 @@ def test_timer_sends_in_deadline_order_and_ties_in_scheduling_order(
         clock.advance(0.5)
         sync(timer)
         sync(recorder)
-        assert received.messages == []
+        assert received.values == []
         clock.advance(1.5)
         assert received.wait_len(4) == ["a", "b1", "b2", "b3"]
         sync(timer)
         sync(recorder)
-        assert received.messages == ["a", "b1", "b2", "b3"]
+        assert received.values == ["a", "b1", "b2", "b3"]
         clock.advance(5.0)
         assert received.wait_len(6) == ["a", "b1", "b2", "b3", "c", "d"]
 
@@ -314,7 +277,7 @@ def test_timer_sends_a_past_deadline_at_once(clock: ManualClock) -> None:
 
 
 def test_timer_skips_a_dead_target_and_keeps_serving(clock: ManualClock) -> None:
-    lost = Received()
+    lost: Calls[Any] = Calls()
     dead = Recorder.start(lost)
     dead.stop()
     with timer_and_recorder(clock) as (timer, recorder, received):
@@ -330,7 +293,7 @@ def test_timer_skips_a_dead_target_and_keeps_serving(clock: ManualClock) -> None
         clock.advance(1.0)
         assert received.wait_len(2) == ["after", "again"]
         assert timer.is_alive()
-    assert lost.messages == []
+    assert lost.values == []
 
 
 # -- clocks ---------------------------------------------------------------------

@@ -6,6 +6,8 @@
 - `RecordingFlusher`: keeps every batch it is given; tests wait on it.
 - `FlakyFlusher`: fails its first attempts, then records like the above.
 - `GatedFlusher`: blocks each flush until released, to simulate a hung store.
+- `DropRecorder`: an `on_drop` that keeps every `(item, reason)`; tests wait
+  on it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,15 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["FlakyFlusher", "GatedFlusher", "ManualClock", "RecordingFlusher"]
+    from wbactor._stats import DropReason
+
+__all__ = [
+    "DropRecorder",
+    "FlakyFlusher",
+    "GatedFlusher",
+    "ManualClock",
+    "RecordingFlusher",
+]
 
 T = TypeVar("T")
 
@@ -204,3 +214,52 @@ class GatedFlusher(RecordingFlusher[T]):
     def release(self) -> None:
         """Open the gate: blocked and future flushes go through."""
         self._gate.set()
+
+
+class DropRecorder(Generic[T]):
+    """An `on_drop` that keeps every `(item, reason)` it is given, for assertions.
+
+    Pass it as `Config(on_drop=...)`. The queue calls it from its own threads,
+    so every read takes the lock and returns a copy.
+    """
+
+    def __init__(self) -> None:
+        """Start with no drops."""
+        self._cond = threading.Condition()
+        self._calls: list[tuple[T, DropReason]] = []
+
+    def __call__(self, item: T, reason: DropReason) -> None:
+        """Record that `item` was dropped for `reason`."""
+        with self._cond:
+            self._calls.append((item, reason))
+            self._cond.notify_all()
+
+    @property
+    def calls(self) -> list[tuple[T, DropReason]]:
+        """Every `(item, reason)` pair recorded, in order (a copy)."""
+        with self._cond:
+            return list(self._calls)
+
+    @property
+    def items(self) -> list[T]:
+        """Every item dropped, in order."""
+        with self._cond:
+            return [item for item, _ in self._calls]
+
+    @property
+    def reasons(self) -> list[DropReason]:
+        """The reason of every drop, in order."""
+        with self._cond:
+            return [reason for _, reason in self._calls]
+
+    def wait_for(self, count: int, timeout: float = 5.0) -> list[tuple[T, DropReason]]:
+        """Wait until at least `count` drops were recorded; return every pair.
+
+        Raises:
+            TimeoutError: fewer than `count` after `timeout` seconds.
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self._calls) >= count, timeout):
+                msg = f"wanted {count}, have {len(self._calls)} drops in {timeout} s"
+                raise TimeoutError(msg)
+            return list(self._calls)

@@ -156,6 +156,10 @@ def testing_helpers(state: PlayerState) -> None:
     gated: wbactor.testing.GatedFlusher[PlayerState] = wbactor.testing.GatedFlusher()
     wbactor.Config(capacity=1, flusher=flaky)
     wbactor.Config(capacity=1, flusher=gated)
+    drops: wbactor.testing.DropRecorder[PlayerState] = wbactor.testing.DropRecorder()
+    wbactor.Config(capacity=1, flusher=recorder, on_drop=drops)
+    assert_type(drops.wait_for(1), list[tuple[PlayerState, wbactor.DropReason]])
+    assert_type(drops.items, list[PlayerState])
 
 
 def errors() -> None:

@@ -1,0 +1,107 @@
+"""Helpers shared by the test modules: `from support import ...`."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from pykka.messages import ProxyGetAttr
+
+import wbactor
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+    import pykka
+
+T = TypeVar("T")
+
+WAIT = 5.0
+"""Seconds a test waits for anything before it fails."""
+
+
+def accounted(stats: wbactor.Stats) -> int:
+    """Every item `stats` accounts for: the right side of the conservation law."""
+    return (
+        stats.flushed
+        + stats.coalesced
+        + sum(stats.dropped.values())
+        + stats.depth
+        + stats.in_flight
+    )
+
+
+def conservation_holds(stats: wbactor.Stats) -> bool:
+    """Whether every item pushed is in exactly one place."""
+    return stats.pushed == accounted(stats)
+
+
+def first(item: tuple[str, int]) -> str:
+    """A `key_func` for `(key, n)` items."""
+    return item[0]
+
+
+def sync(ref: pykka.ActorRef[Any]) -> None:
+    """Return once `ref`'s actor has handled every message sent to it before."""
+    ref.ask(ProxyGetAttr(attr_path=("actor_urn",)), timeout=WAIT)
+
+
+def retries(count: int) -> Callable[[wbactor.Stats], bool]:
+    """A `wait_for` predicate: `count` failed attempts were recorded."""
+    return lambda stats: stats.retries == count
+
+
+@contextlib.contextmanager
+def running(config: wbactor.Config[T]) -> Iterator[wbactor.WriteBehind[T]]:
+    """Start a queue; stop it on the way out, with a timeout."""
+    wb = wbactor.start(config)
+    try:
+        yield wb
+    finally:
+        wb.stop(timeout=WAIT)
+
+
+class Calls(Generic[T]):
+    """A thread-safe list of calls that tests can wait on."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self.values: list[T] = []
+
+    def append(self, value: T) -> None:
+        with self._cond:
+            self.values.append(value)
+            self._cond.notify_all()
+
+    def wait_len(self, count: int) -> list[T]:
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.values) >= count, WAIT):
+                msg = f"wanted {count} calls, have {self.values}"
+                raise TimeoutError(msg)
+            return list(self.values)
+
+
+class Outcome:
+    """Runs `call` in a thread; keeps what it returned or raised."""
+
+    def __init__(self, call: Callable[[], object]) -> None:
+        self._call = call
+        self.started = threading.Event()
+        self.returned = threading.Event()
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        self.started.set()
+        try:
+            self.result = self._call()
+        except BaseException as error:  # noqa: BLE001 - the test inspects it
+            self.error = error
+        self.returned.set()
+
+    def join(self, timeout: float = WAIT) -> None:
+        self.thread.join(timeout)
+        assert not self.thread.is_alive(), "the thread did not finish"
