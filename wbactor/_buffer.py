@@ -95,6 +95,11 @@ class PolicyBuffer(Generic[T]):
         return self._items
 
     @property
+    def by_key(self) -> OrderedDict[Hashable, T]:
+        """The queue of COALESCE_BY_KEY, for the inbox's length checks."""
+        return self._by_key
+
+    @property
     def tail(self) -> int:
         """Return the position the next new item takes."""
         return self.head + len(self)

@@ -107,6 +107,7 @@ class PolicyInbox(Generic[T]):
         self._on_drop = config.on_drop
         self._room_waiters = 0
         self._items = self._buffer.items
+        self._by_key = self._buffer.by_key
         self._trigger = 0  # set by _retrigger()
         self._retrigger()
         # offer(item) / offer_many(items): tell(Push) / tell(PushMany), which
@@ -259,7 +260,8 @@ class PolicyInbox(Generic[T]):
             else:
                 dropped = self._buffer.push_keyed(key, item)
                 reason = _OLDEST
-                self._note_batch_ready()
+                if len(self._by_key) >= self._trigger:  # as on the lock-free path
+                    self._note_batch_ready()
         if dropped is not None:
             self.report_drops(dropped, reason)
 
