@@ -677,3 +677,27 @@ def test_stop_returns_only_after_the_flusher_actor_has_stopped(
         thread.join(WAIT)
     assert flusher.items == [1]
     assert flusher_alive_after_stop == [False]
+
+
+@pytest.mark.parametrize(
+    ("backoff", "expected"),
+    [(lambda attempt: 1 / 0, 0.1), (lambda attempt: -3.0, 0.0)],
+    ids=["raises", "negative"],
+)
+def test_a_bad_retry_backoff_is_logged_and_replaced_not_fatal(
+    clock: ManualClock, backoff: Callable[[int], float], expected: float
+) -> None:
+    flusher: FlakyFlusher[int] = FlakyFlusher(failures=1)
+    config = wbactor.Config(
+        capacity=10, flusher=flusher, retry_backoff=backoff, clock=clock
+    )
+    with capture_logs() as logs, running(config) as wb:
+        wb.push(1)
+        clock.advance(1.0)
+        wb.wait_for(retries(1), WAIT)
+        clock.advance(expected)
+        assert flusher.wait_for_items(1) == [1]
+    [failed] = [e for e in logs if e["event"] == "flush_failed"]
+    assert failed["retry_in"] == expected
+    bad = [e for e in logs if e["event"] == "retry_backoff_failed"]
+    assert len(bad) == (1 if expected else 0)

@@ -20,6 +20,7 @@ from wbactor._log import (
     FLUSH_FAILED,
     FLUSHER_RESTARTED,
     RETRIES_EXHAUSTED,
+    RETRY_BACKOFF_FAILED,
     describe,
     logger,
 )
@@ -218,7 +219,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         # With nothing in flight (an idle flusher died, or a factory failed)
         # the restart still waits a first backoff, so a factory that keeps
         # failing cannot spin.
-        delay = float(self._backoff(max(failures, 1)))
+        delay = self._backoff_for(max(failures, 1))
         if batch_size:
             logger.warning(
                 FLUSH_FAILED,
@@ -229,6 +230,19 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
                 error=describe(error),
             )
         self._schedule(delay, RestartDue(self._inbox.generation, cause), now)
+
+    def _backoff_for(self, attempt: int) -> float:
+        """Return `retry_backoff(attempt)`; on a bad answer, log it and use the default.
+
+        `retry_backoff` is user code running in this actor: what it raises must
+        not escape into pykka, and a negative or non-numeric delay means none.
+        """
+        try:
+            delay = float(self._backoff(attempt))
+        except Exception as error:  # noqa: BLE001 - user code; logged, default used
+            logger.warning(RETRY_BACKOFF_FAILED, attempt=attempt, error=describe(error))
+            return default_backoff(attempt)
+        return delay if delay >= 0 else 0.0  # also maps NaN to 0
 
     def _watchdog(self) -> None:
         """Fail the attempt in flight if it has run `flush_timeout` or more."""
