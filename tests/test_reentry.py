@@ -92,3 +92,54 @@ def test_a_blocking_push_from_inside_the_flusher_times_out_instead_of_deadlockin
     assert outcomes == ["push_timeout"]
     assert recorder.items == [1, 2]
     assert (stats.pushed, stats.flushed) == (2, 2)
+
+
+def test_an_on_drop_raising_a_base_exception_on_an_actor_thread_is_swallowed(
+    clock: ManualClock,
+) -> None:
+    def on_drop(item: int, reason: wbactor.DropReason) -> None:
+        raise KeyboardInterrupt
+
+    def failing(batch: list[int]) -> None:
+        raise ValueError
+
+    recorder: RecordingFlusher[int] = RecordingFlusher()
+    calls = 0
+
+    def flusher(batch: list[int]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            failing(batch)
+        recorder.flush(batch)
+
+    wb = wbactor.start(
+        wbactor.Config(
+            capacity=10, flusher=flusher, max_retries=0, on_drop=on_drop, clock=clock
+        )
+    )
+    wb.push(1)
+    clock.advance(1.0)  # fails; dropped on the supervisor's thread
+    wb.wait_for(lambda s: s.dropped_total == 1, WAIT)
+    wb.push(2)
+    wb.flush(WAIT)  # the supervisor and the queue still run
+    stats = wb.stop(timeout=WAIT)
+    assert recorder.items == [2]
+    assert stats.dropped == {wbactor.DropReason.RETRIES_EXHAUSTED: 1}
+
+
+def test_an_on_drop_raising_a_base_exception_on_a_producer_thread_propagates(
+    clock: ManualClock,
+) -> None:
+    def on_drop(item: int, reason: wbactor.DropReason) -> None:
+        raise KeyboardInterrupt
+
+    wb = wbactor.start(
+        wbactor.Config(capacity=1, flusher=lambda b: None, on_drop=on_drop, clock=clock)
+    )
+    wb.push(1)
+    with pytest.raises(KeyboardInterrupt):
+        wb.push(2)  # evicts 1: the producer's own Ctrl-C is not swallowed
+    stats = wb.stop(timeout=WAIT)
+    assert stats.dropped == {wbactor.DropReason.DROP_OLDEST: 1}
+    assert stats.flushed == 1

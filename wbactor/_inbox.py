@@ -431,7 +431,13 @@ class PolicyInbox(Generic[T]):
         for item in items:
             try:
                 on_drop(item, reason)
-            except Exception as error:  # noqa: BLE001 - user code; logged, swallowed
+            except BaseException as error:
+                # A KeyboardInterrupt or SystemExit belongs to a producer's
+                # thread; in an actor it would make pykka stop every actor.
+                if not isinstance(error, Exception) and (
+                    threading.get_ident() not in self.actor_threads
+                ):
+                    raise
                 logger.warning(
                     ON_DROP_FAILED, reason=reason.value, error=describe(error)
                 )
