@@ -1,0 +1,640 @@
+"""Game shard: player actors write their state behind, to SQLite or PostgreSQL.
+
+A shard is a few hundred players, each a pykka actor. A driver tells every
+player a `Tick` at the tick rate; the player moves, tells `Push(state)` to a
+`COALESCE_BY_KEY` queue keyed by player id, and gets on with the game: it
+never waits on the database. The queue keeps only each player's newest
+queued state, batches, and upserts each batch in one transaction, keeping
+the highest `seq` per player. At the end the players stop, the queue drains,
+and the store is read back: it must hold every player's latest state.
+
+    python examples/game_shard.py                    # 300 players, 8 s, SQLite
+    python examples/game_shard.py --faults 0.3       # a flaky store: retries
+    python examples/game_shard.py --dsn postgresql://localhost/game --shards 4
+
+`--shards N` runs N shard processes, each with its own queue and its own
+range of player ids, against one database.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import logging
+import multiprocessing
+import queue
+import random
+import sqlite3
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TextIO
+
+import pykka
+import structlog
+
+import wbactor
+from wbactor.flushers import PostgresFlusher, SQLiteFlusher, TransientStoreError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
+    from multiprocessing.queues import Queue
+
+# The game.
+ARENA = 1000.0  # players walk in an ARENA x ARENA square
+STEP = 5.0  # the most a player moves along each axis in a tick
+
+# The queue. Coalescing holds at most one state per player, so a capacity
+# above the player count is never reached: nothing is dropped for room.
+BATCH_SIZE = 1000  # above the player count: the interval cuts the batches
+FLUSH_INTERVAL = 0.2  # seconds: a state reaches the store this soon
+FLUSH_TIMEOUT = 1.0  # seconds before a hung write is abandoned and retried
+STOP_TIMEOUT = 30.0  # seconds the final drain may take
+
+# --faults: of the flush calls that fail, this share hangs instead of raising.
+HANG_SHARE = 0.1
+HANG_SECONDS = 1.5  # past FLUSH_TIMEOUT
+
+REPORT_EVERY = 0.5  # seconds between progress reports from a shard
+ERASE_LINE = "\r\x1b[K"
+
+# The store. The identifiers are fixed here; only the values are parameters.
+TABLE = "game_shard_players"
+SQLITE_SCHEMA = (
+    "CREATE TABLE game_shard_players (player_id INTEGER PRIMARY KEY, "
+    "seq INTEGER NOT NULL, x REAL NOT NULL, y REAL NOT NULL)"
+)
+SQLITE_UPSERT = (
+    "INSERT INTO game_shard_players (player_id, seq, x, y) VALUES (?, ?, ?, ?) "
+    "ON CONFLICT (player_id) DO UPDATE SET seq = excluded.seq, x = excluded.x, "
+    "y = excluded.y WHERE excluded.seq > game_shard_players.seq"
+)
+POSTGRES_SCHEMA = (
+    "CREATE TABLE game_shard_players (player_id BIGINT PRIMARY KEY, "
+    "seq BIGINT NOT NULL, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL)"
+)
+POSTGRES_UPSERT = (
+    "INSERT INTO game_shard_players (player_id, seq, x, y) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (player_id) DO UPDATE SET seq = excluded.seq, x = excluded.x, "
+    "y = excluded.y WHERE excluded.seq > game_shard_players.seq"
+)
+SELECT = "SELECT player_id, seq, x, y FROM game_shard_players"
+DROP = "DROP TABLE IF EXISTS game_shard_players"
+
+
+# ------------------------------------------------------------------ players
+
+
+class PlayerState(NamedTuple):
+    """A player's state after a tick: one row of the players table."""
+
+    player_id: int
+    seq: int  # ticks played: a newer state has a higher seq
+    x: float
+    y: float
+
+
+def player_key(state: PlayerState) -> int:
+    """The coalescing key: a newer state of a player replaces the queued one."""
+    return state.player_id
+
+
+def row(state: PlayerState) -> tuple[int, int, float, float]:
+    """The upsert's parameters, in column order."""
+    return (state.player_id, state.seq, state.x, state.y)
+
+
+class Tick:
+    """Driver to player: play one tick."""
+
+
+class GetState:
+    """Driver to player, asked: reply with your latest state."""
+
+
+TICK = Tick()
+GET_STATE = GetState()
+
+
+def _clamp(value: float) -> float:
+    return min(max(value, 0.0), ARENA)
+
+
+class Player(pykka.ThreadingActor):
+    """One player: moves on every tick and pushes its new state, fire-and-forget."""
+
+    def __init__(self, player_id: int, writes: pykka.ActorRef[Any]) -> None:
+        super().__init__()
+        self._rng = random.Random(player_id)
+        self._writes = writes
+        x, y = self._rng.uniform(0, ARENA), self._rng.uniform(0, ARENA)
+        self.state = PlayerState(player_id, 0, x, y)
+
+    def on_start(self) -> None:
+        self._writes.tell(wbactor.Push(self.state))  # spawning is a state too
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, Tick):
+            player_id, seq, x, y = self.state
+            step = self._rng.uniform
+            self.state = PlayerState(
+                player_id,
+                seq + 1,
+                _clamp(x + step(-STEP, STEP)),
+                _clamp(y + step(-STEP, STEP)),
+            )
+            self._writes.tell(wbactor.Push(self.state))  # returns at once
+            return None
+        if isinstance(message, GetState):
+            return self.state
+        return super().on_receive(message)
+
+
+# ------------------------------------------------------------------- stores
+
+
+class StoreFlusher(Protocol):
+    """What `SQLiteFlusher` and `PostgresFlusher` offer."""
+
+    def flush(self, batch: list[PlayerState], /) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class SQLiteStore:
+    """An SQLite file. Several shard processes may write it: WAL mode lets
+    readers run beside the one writer, and a writer waits up to `timeout` for
+    the lock (a write still locked out then is a transient error: retried)."""
+
+    path: Path
+
+    def reset(self) -> None:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            db.execute("PRAGMA journal_mode = WAL")  # kept in the file
+            db.execute(DROP)
+            db.execute(SQLITE_SCHEMA)
+
+    def flusher(self) -> StoreFlusher:
+        return SQLiteFlusher(self.path, SQLITE_UPSERT, row, timeout=5.0)
+
+    def read(self) -> dict[int, PlayerState]:
+        with contextlib.closing(sqlite3.connect(self.path)) as db:
+            return {r[0]: PlayerState(*r) for r in db.execute(SELECT)}
+
+
+@dataclass(frozen=True)
+class PostgresStore:
+    """A PostgreSQL database (`pip install 'wbactor[postgres]'`)."""
+
+    dsn: str
+
+    def reset(self) -> None:
+        import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn
+
+        with psycopg.connect(self.dsn) as db:  # commits on the way out
+            db.execute(DROP)
+            db.execute(POSTGRES_SCHEMA)
+
+    def flusher(self) -> StoreFlusher:
+        return PostgresFlusher(self.dsn, POSTGRES_UPSERT, row)
+
+    def read(self) -> dict[int, PlayerState]:
+        import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn
+
+        with psycopg.connect(self.dsn) as db:
+            return {r[0]: PlayerState(*r) for r in db.execute(SELECT)}
+
+
+Store = SQLiteStore | PostgresStore
+"""Where the players are written, and read back from at the end."""
+
+
+class FaultyFlusher:
+    """A flaky store: fails a fraction `rate` of flush calls.
+
+    Most faults raise `TransientStoreError` before writing. One in ten hangs
+    past `FLUSH_TIMEOUT` instead, then writes late, after the queue has
+    retried the batch on a fresh flusher: the upsert keeps the higher `seq`,
+    so the late write changes nothing.
+    """
+
+    def __init__(self, store: StoreFlusher, rate: float) -> None:
+        self._store = store
+        self._rate = rate
+        self._rng = random.Random()
+
+    def flush(self, batch: list[PlayerState]) -> None:
+        roll = self._rng.random()
+        if roll < self._rate * HANG_SHARE:
+            time.sleep(HANG_SECONDS)  # a stalled store, not a wait on a thread
+        elif roll < self._rate:
+            msg = "injected fault (--faults)"
+            raise TransientStoreError(msg)
+        self._store.flush(batch)
+
+    def close(self) -> None:
+        self._store.close()
+
+
+# ------------------------------------------------------------------- shards
+
+
+class Progress(NamedTuple):
+    """A shard's counters, from `wb.stats()`, in a form that pickles."""
+
+    pushed: int = 0
+    flushed: int = 0
+    batches: int = 0
+    coalesced: int = 0
+    dropped: int = 0
+    retries: int = 0
+    restarts: int = 0
+    depth: int = 0
+
+    @classmethod
+    def of(cls, stats: wbactor.Stats) -> Progress:
+        return cls(
+            pushed=stats.pushed,
+            flushed=stats.flushed,
+            batches=stats.batches,
+            coalesced=stats.coalesced,
+            dropped=stats.dropped_total,
+            retries=stats.retries,
+            restarts=stats.restarts,
+            depth=stats.depth,
+        )
+
+    @classmethod
+    def total(cls, each: Iterable[Progress]) -> Progress:
+        return cls(*map(sum, zip(*each, strict=True)))
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's share of the game: its players, and how to play."""
+
+    index: int
+    player_ids: range
+    seconds: float
+    tick_hz: float
+    faults: float
+    store: Store
+
+    def make_flusher(self) -> StoreFlusher:
+        flusher = self.store.flusher()
+        return FaultyFlusher(flusher, self.faults) if self.faults else flusher
+
+
+def play(
+    shard: Shard, report: Callable[[Progress], object]
+) -> tuple[list[PlayerState], Progress]:
+    """Play one shard; return every player's latest state and the final counts."""
+    config: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=2 * len(shard.player_ids),
+        flusher_factory=shard.make_flusher,  # a fresh connection at each restart
+        batch_size=BATCH_SIZE,
+        flush_interval=FLUSH_INTERVAL,
+        policy=wbactor.Policy.COALESCE_BY_KEY,
+        key_func=player_key,
+        max_retries=-1,  # keep retrying a failed batch: lose nothing
+        flush_timeout=FLUSH_TIMEOUT,
+    )
+    wb = wbactor.start(config)
+    players = [Player.start(player_id, wb.ref) for player_id in shard.player_ids]
+    try:
+        drive(players, shard, lambda: report(Progress.of(wb.stats())))
+        # Asked after the last tick, so each answer is the last state pushed.
+        answers = [player.ask(GET_STATE, block=False) for player in players]
+        latest: list[PlayerState] = [answer.get(timeout=30) for answer in answers]
+    finally:
+        for stopped in [player.stop(block=False) for player in players]:
+            stopped.get(timeout=30)
+        final = Progress.of(wb.stop(timeout=STOP_TIMEOUT))
+    return latest, final
+
+
+def drive(
+    players: Sequence[pykka.ActorRef[Player]],
+    shard: Shard,
+    report: Callable[[], object],
+) -> None:
+    """Tell every player a `Tick` at the tick rate; report progress meanwhile."""
+    period = 1.0 / shard.tick_hz
+    now = time.monotonic()
+    end, next_tick, next_report = now + shard.seconds, now, now
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop, then check
+        while now < end:
+            if now >= next_tick:
+                for player in players:
+                    player.tell(TICK)
+                next_tick = max(next_tick + period, now)  # late: skip, don't burst
+            if now >= next_report:
+                report()
+                next_report += REPORT_EVERY
+            time.sleep(max(0.0, min(next_tick, next_report, end) - time.monotonic()))
+            now = time.monotonic()
+
+
+class ShardProgress(NamedTuple):
+    """A shard process's counters, sent to the parent twice a second."""
+
+    shard: int
+    progress: Progress
+
+
+class ShardDone(NamedTuple):
+    """A shard process's result: its players' latest states and final counts."""
+
+    shard: int
+    latest: list[PlayerState]
+    final: Progress
+
+
+def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardDone]) -> None:
+    """Play one shard in a process of its own; send the outcome to the parent."""
+    configure_logging(erase_line if sys.stdout.isatty() else None, shard=shard.index)
+    latest, final = play(
+        shard, lambda progress: outbox.put(ShardProgress(shard.index, progress))
+    )
+    outbox.put(ShardDone(shard.index, latest, final))
+
+
+def play_shards(
+    shards: Sequence[Shard], status: StatusLine
+) -> tuple[list[PlayerState], list[Progress], list[str]]:
+    """Play each shard in its own process; return the states, counts and failures."""
+    context = multiprocessing.get_context("spawn")
+    outbox: Queue[ShardProgress | ShardDone] = context.Queue()
+    processes = [
+        context.Process(target=shard_process, args=(s, outbox), name=f"shard-{s.index}")
+        for s in shards
+    ]
+    for process in processes:
+        process.start()
+    progress: dict[int, Progress] = {}
+    done: dict[int, ShardDone] = {}
+    crashed: dict[int, int] = {}
+    while len(done) + len(crashed) < len(shards):
+        try:
+            message = outbox.get(timeout=REPORT_EVERY)
+        except queue.Empty:
+            for shard, process in zip(shards, processes, strict=True):
+                code = process.exitcode
+                if code not in (None, 0) and shard.index not in done:
+                    crashed[shard.index] = code  # died without reporting
+            continue
+        except KeyboardInterrupt:
+            continue  # the shards got it too: they stop playing and report
+        if isinstance(message, ShardDone):
+            done[message.shard] = message
+        else:
+            progress[message.shard] = message.progress
+            status.update(Progress.total(progress.values()))
+    for process in processes:
+        process.join()
+    latest = [state for result in done.values() for state in result.latest]
+    failures = [f"shard {i} exited with code {code}" for i, code in crashed.items()]
+    return latest, [done[i].final for i in sorted(done)], failures
+
+
+# ------------------------------------------------------------------ verdict
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The store, checked against every player's latest state."""
+
+    players: int
+    missing: tuple[int, ...]  # no row for these player ids
+    stale: tuple[int, ...]  # a row, but not the player's latest state
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.stale
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"OK: all {self.players} players' latest states are stored"
+        bad = len(self.missing) + len(self.stale)
+        return (
+            f"FAILED: {bad} of {self.players} players' latest states are not "
+            f"stored: {len(self.missing)} missing {_ids(self.missing)}, "
+            f"{len(self.stale)} stale {_ids(self.stale)}"
+        )
+
+
+def _ids(ids: Sequence[int], shown: int = 5) -> str:
+    more = ", ..." if len(ids) > shown else ""
+    return f"[{', '.join(map(str, ids[:shown]))}{more}]"
+
+
+def verify(latest: Iterable[PlayerState], stored: Mapping[int, PlayerState]) -> Verdict:
+    """Check that `stored` holds each of the `latest` states, exactly."""
+    players, missing, stale = 0, [], []
+    for state in latest:
+        players += 1
+        found = stored.get(state.player_id)
+        if found is None:
+            missing.append(state.player_id)
+        elif found != state:
+            stale.append(state.player_id)
+    return Verdict(players, tuple(missing), tuple(stale))
+
+
+# ------------------------------------------------------------------- output
+
+
+def erase_line() -> None:
+    """Erase the terminal's current line (the status line)."""
+    sys.stdout.write(ERASE_LINE)
+
+
+class StatusLine:
+    """Live counters: redrawn in place on a terminal, else a line a second."""
+
+    def __init__(self, out: TextIO) -> None:
+        self._out = out
+        self._tty = out.isatty()
+        self._every = 0.5 if self._tty else 1.0
+        self._lock = threading.Lock()  # log lines come from the queue's threads
+        self._drawn = False
+        self._shown_at: float | None = None  # the first update sets a baseline
+        self._pushed = 0
+
+    def update(self, p: Progress) -> None:
+        """Show `p`, unless the last line is too recent."""
+        now = time.monotonic()
+        if self._shown_at is None:
+            self._shown_at, self._pushed = now, p.pushed
+            return
+        elapsed = now - self._shown_at
+        if elapsed < self._every:
+            return
+        rate = (p.pushed - self._pushed) / elapsed
+        self._shown_at, self._pushed = now, p.pushed
+        text = (
+            f"pushes/s {rate:6.0f} | depth {p.depth:5} | coalesced {p.coalesced:7} | "
+            f"flushed {p.flushed:6} | drops {p.dropped} | retries {p.retries} | "
+            f"restarts {p.restarts}"
+        )
+        with self._lock:
+            if self._tty:
+                self._out.write(ERASE_LINE + text)
+                self._drawn = True
+            else:
+                self._out.write(text + "\n")
+            self._out.flush()
+
+    def clear(self) -> None:
+        """Erase the line drawn in place, so a log line can take its place."""
+        with self._lock:
+            if self._drawn:
+                self._out.write(ERASE_LINE)
+                self._drawn = False
+
+
+def configure_logging(
+    clear: Callable[[], None] | None, shard: int | None = None
+) -> None:
+    """Log readable lines at INFO; clear the status line before each."""
+
+    def make_room(
+        _: object, __: str, event: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        if clear is not None:
+            clear()
+        if shard is not None:
+            event["shard"] = shard
+        return event
+
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="%H:%M:%S"),
+            make_room,
+            structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty()),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+    )
+
+
+def summary(progress: Progress, seconds: float) -> str:
+    p = progress
+    saved = p.coalesced / p.pushed if p.pushed else 0.0
+    return (
+        f"pushed {p.pushed} states ({p.pushed / seconds:.0f}/s); "
+        f"wrote {p.flushed} rows in {p.batches} batches; "
+        f"coalesced {p.coalesced} ({saved:.0%}); dropped {p.dropped}; "
+        f"retries {p.retries}; restarts {p.restarts}"
+    )
+
+
+# --------------------------------------------------------------------- main
+
+
+def run(store: Store, shards: Sequence[Shard]) -> int:
+    """Play `shards` against `store`, then check it; return the exit code."""
+    store.reset()
+    status = StatusLine(sys.stdout)
+    configure_logging(status.clear)
+    if len(shards) == 1:
+        latest, final = play(shards[0], status.update)
+        finals = [final]
+        failures: list[str] = []
+    else:
+        latest, finals, failures = play_shards(shards, status)
+    status.clear()
+    for shard, final in zip(shards, finals, strict=False):
+        label = f"shard {shard.index}: " if len(shards) > 1 else ""
+        print(label + summary(final, shard.seconds))
+    verdict = verify(latest, store.read())
+    for failure in failures:
+        print(f"FAILED: {failure}")
+    print(verdict)
+    return 0 if verdict.ok and not failures else 1
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        msg = f"must be > 0, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        msg = f"must be > 0, got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        msg = f"must be in [0, 1), got {value}"
+        raise argparse.ArgumentTypeError(msg)
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--seconds", type=_positive, default=8.0, help="how long to play"
+    )
+    parser.add_argument(
+        "--players", type=_positive_int, default=300, help="players per shard"
+    )
+    parser.add_argument(
+        "--tick-hz", type=_positive, default=20.0, help="ticks per second"
+    )
+    parser.add_argument(
+        "--faults", type=_fraction, default=0.0, help="share of flush calls that fail"
+    )
+    parser.add_argument(
+        "--shards",
+        type=_positive_int,
+        default=1,
+        help="shard processes, one queue each",
+    )
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--db", type=Path, help="SQLite file (default: in a temp dir)")
+    where.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://localhost/game")
+    args = parser.parse_args(argv)
+    if args.dsn and importlib.util.find_spec("psycopg") is None:
+        parser.error("--dsn needs psycopg: pip install 'wbactor[postgres]'")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    with tempfile.TemporaryDirectory() as tmp:
+        store = (
+            PostgresStore(args.dsn)
+            if args.dsn
+            else SQLiteStore(args.db or Path(tmp) / "game_shard.db")
+        )
+        shards = [
+            Shard(
+                index=i,
+                player_ids=range(i * args.players, (i + 1) * args.players),
+                seconds=args.seconds,
+                tick_hz=args.tick_hz,
+                faults=args.faults,
+                store=store,
+            )
+            for i in range(args.shards)
+        ]
+        return run(store, shards)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
