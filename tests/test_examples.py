@@ -2,16 +2,28 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sqlite3
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import game_shard
 import pytest
+import structlog
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 ROOT = Path(__file__).resolve().parent.parent
 _FENCE = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 _DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+_GAME_SHARD = ROOT / "examples" / "game_shard.py"
+_SHORT = ["--seconds", "1", "--players", "50"]
+_ARGS = {"game_shard.py": _SHORT}  # the default run plays for 8 s
 
 
 @pytest.mark.parametrize("path", _DOCS, ids=lambda p: p.name)
@@ -23,10 +35,10 @@ def test_doc_snippets_run(path: Path) -> None:
             exec(compile(code, f"{path.name}#{i}", "exec"), namespace)  # noqa: S102
 
 
-@pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=str)
-def test_example_script_succeeds(script: Path) -> None:
+def run_example(script: Path, *args: str) -> str:
+    """Run an example script; return its output, after checking it said OK."""
     result = subprocess.run(  # noqa: S603 - our own example, our interpreter
-        [sys.executable, str(script)],
+        [sys.executable, str(script), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -34,3 +46,99 @@ def test_example_script_succeeds(script: Path) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "OK" in result.stdout
+    return result.stdout
+
+
+@pytest.mark.parametrize("script", sorted((ROOT / "examples").glob("*.py")), ids=str)
+def test_example_script_succeeds(script: Path) -> None:
+    run_example(script, *_ARGS.get(script.name, []))
+
+
+def test_game_shard_loses_nothing_to_a_flaky_store() -> None:
+    run_example(_GAME_SHARD, *_SHORT, "--faults", "0.3")
+
+
+def test_game_shard_runs_shard_processes_on_one_sqlite_file() -> None:
+    out = run_example(_GAME_SHARD, *_SHORT, "--shards", "2")
+    assert "shard 1:" in out
+    assert "OK: all 100 players' latest states are stored" in out
+
+
+def _pg_dsn() -> str:
+    dsn = os.environ.get("WBACTOR_TEST_PG_DSN")
+    if dsn:
+        return dsn
+    if os.environ.get("CI") == "true":
+        pytest.fail("CI must export WBACTOR_TEST_PG_DSN (a PostgreSQL server)")
+    pytest.skip("set WBACTOR_TEST_PG_DSN to run against PostgreSQL")
+
+
+def test_game_shard_on_postgres() -> None:
+    run_example(_GAME_SHARD, *_SHORT, "--dsn", _pg_dsn())
+
+
+def test_game_shard_processes_with_faults_on_postgres() -> None:
+    out = run_example(
+        _GAME_SHARD, *_SHORT, "--dsn", _pg_dsn(), "--shards", "2", "--faults", "0.3"
+    )
+    assert "OK: all 100 players' latest states are stored" in out
+
+
+# The verdict: what makes the example exit non-zero.
+
+_STATES = [game_shard.PlayerState(i, 10 + i, 1.5 * i, 2.0) for i in range(4)]
+
+
+def test_verdict_is_ok_when_every_latest_state_is_stored() -> None:
+    verdict = game_shard.verify(_STATES, {s.player_id: s for s in _STATES})
+    assert verdict.ok
+    assert str(verdict) == "OK: all 4 players' latest states are stored"
+
+
+def test_verdict_names_missing_and_stale_players() -> None:
+    stored = {s.player_id: s for s in _STATES}
+    del stored[1]
+    stored[2] = stored[2]._replace(seq=stored[2].seq - 1)  # an older state
+    stored[3] = stored[3]._replace(x=0.0)  # the right seq, the wrong place
+    verdict = game_shard.verify(_STATES, stored)
+    assert not verdict.ok
+    assert verdict.missing == (1,)
+    assert verdict.stale == (2, 3)
+    assert str(verdict).startswith("FAILED: 3 of 4 players' latest states")
+
+
+@dataclass(frozen=True)
+class LosingStore(game_shard.SQLiteStore):
+    """An SQLite store that loses one player's row just before it is read."""
+
+    def read(self) -> dict[int, game_shard.PlayerState]:
+        with sqlite3.connect(self.path) as db:
+            db.execute("DELETE FROM game_shard_players WHERE player_id = 3")
+        db.close()
+        return super().read()
+
+
+@pytest.fixture
+def _restore_structlog() -> Iterator[None]:
+    """The example configures structlog for its process; undo it after."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_game_shard_fails_when_the_store_lost_a_state(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = LosingStore(tmp_path / "game.db")
+    shard = game_shard.Shard(
+        index=0,
+        player_ids=range(10),
+        seconds=0.3,
+        tick_hz=20.0,
+        faults=0.0,
+        store=store,
+    )
+    assert game_shard.run(store, [shard]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: 1 of 10 players' latest states are not stored: 1 missing [3]" in out
