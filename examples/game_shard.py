@@ -62,8 +62,8 @@ HANG_SECONDS = 1.5  # past FLUSH_TIMEOUT
 REPORT_EVERY = 0.5  # seconds between progress reports from a shard
 ERASE_LINE = "\r\x1b[K"
 
+# --8<-- [start:sql]
 # The store. The identifiers are fixed here; only the values are parameters.
-TABLE = "game_shard_players"
 SQLITE_SCHEMA = (
     "CREATE TABLE game_shard_players (player_id INTEGER PRIMARY KEY, "
     "seq INTEGER NOT NULL, x REAL NOT NULL, y REAL NOT NULL)"
@@ -84,11 +84,13 @@ POSTGRES_UPSERT = (
 )
 SELECT = "SELECT player_id, seq, x, y FROM game_shard_players"
 DROP = "DROP TABLE IF EXISTS game_shard_players"
+# --8<-- [end:sql]
 
 
 # ------------------------------------------------------------------ players
 
 
+# --8<-- [start:state]
 class PlayerState(NamedTuple):
     """A player's state after a tick: one row of the players table."""
 
@@ -101,6 +103,9 @@ class PlayerState(NamedTuple):
 def player_key(state: PlayerState) -> int:
     """The coalescing key: a newer state of a player replaces the queued one."""
     return state.player_id
+
+
+# --8<-- [end:state]
 
 
 def row(state: PlayerState) -> tuple[int, int, float, float]:
@@ -124,6 +129,7 @@ def _clamp(value: float) -> float:
     return min(max(value, 0.0), ARENA)
 
 
+# --8<-- [start:player]
 class Player(pykka.ThreadingActor):
     """One player: moves on every tick and pushes its new state, fire-and-forget."""
 
@@ -152,6 +158,9 @@ class Player(pykka.ThreadingActor):
         if isinstance(message, GetState):
             return self.state
         return super().on_receive(message)
+
+
+# --8<-- [end:player]
 
 
 # ------------------------------------------------------------------- stores
@@ -213,6 +222,7 @@ Store = SQLiteStore | PostgresStore
 """Where the players are written, and read back from at the end."""
 
 
+# --8<-- [start:faults]
 class FaultyFlusher:
     """A flaky store: fails a fraction `rate` of flush calls.
 
@@ -238,6 +248,9 @@ class FaultyFlusher:
 
     def close(self) -> None:
         self._store.close()
+
+
+# --8<-- [end:faults]
 
 
 # ------------------------------------------------------------------- shards
@@ -289,6 +302,7 @@ class Shard:
         return FaultyFlusher(flusher, self.faults) if self.faults else flusher
 
 
+# --8<-- [start:play]
 def play(
     shard: Shard, report: Callable[[Progress], object]
 ) -> tuple[list[PlayerState], Progress]:
@@ -317,6 +331,10 @@ def play(
     return latest, final
 
 
+# --8<-- [end:play]
+
+
+# --8<-- [start:drive]
 def drive(
     players: Sequence[pykka.ActorRef[Player]],
     shard: Shard,
@@ -339,6 +357,9 @@ def drive(
             now = time.monotonic()
 
 
+# --8<-- [end:drive]
+
+
 class ShardProgress(NamedTuple):
     """A shard process's counters, sent to the parent twice a second."""
 
@@ -354,6 +375,7 @@ class ShardDone(NamedTuple):
     final: Progress
 
 
+# --8<-- [start:shard_process]
 def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardDone]) -> None:
     """Play one shard in a process of its own; send the outcome to the parent."""
     configure_logging(erase_line if sys.stdout.isatty() else None, shard=shard.index)
@@ -361,6 +383,9 @@ def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardDone]) -> Non
         shard, lambda progress: outbox.put(ShardProgress(shard.index, progress))
     )
     outbox.put(ShardDone(shard.index, latest, final))
+
+
+# --8<-- [end:shard_process]
 
 
 def play_shards(
@@ -432,6 +457,7 @@ def _ids(ids: Sequence[int], shown: int = 5) -> str:
     return f"[{', '.join(map(str, ids[:shown]))}{more}]"
 
 
+# --8<-- [start:verify]
 def verify(latest: Iterable[PlayerState], stored: Mapping[int, PlayerState]) -> Verdict:
     """Check that `stored` holds each of the `latest` states, exactly."""
     players, missing, stale = 0, [], []
@@ -443,6 +469,9 @@ def verify(latest: Iterable[PlayerState], stored: Mapping[int, PlayerState]) -> 
         elif found != state:
             stale.append(state.player_id)
     return Verdict(players, tuple(missing), tuple(stale))
+
+
+# --8<-- [end:verify]
 
 
 # ------------------------------------------------------------------- output
@@ -614,6 +643,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+# --8<-- [start:main]
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
@@ -634,6 +664,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for i in range(args.shards)
         ]
         return run(store, shards)
+
+
+# --8<-- [end:main]
 
 
 if __name__ == "__main__":
