@@ -1,0 +1,84 @@
+"""Store errors, and the `store_error` log line.
+
+The tree::
+
+    WriteBehindError
+    └── StoreError
+        ├── PermanentStoreError
+        └── TransientStoreError
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from wbactor._errors import WriteBehindError
+from wbactor._log import describe, logger
+
+__all__ = [
+    "STORE_ERROR",
+    "PermanentStoreError",
+    "StoreError",
+    "TransientStoreError",
+    "log_store_error",
+]
+
+STORE_ERROR = "store_error"
+
+
+class StoreError(WriteBehindError):
+    """A store flusher could not write its batch; raised from the driver's error.
+
+    Raised by `SQLiteFlusher.flush` and `PostgresFlusher.flush`, and so shown
+    (as `error`) in the supervisor's `flush_failed` and `retries_exhausted`
+    log lines. The batch is retried as any failed attempt is. The message
+    names the store, the driver's condition and, for PostgreSQL, the SQLSTATE;
+    it never holds item contents or statement parameters.
+
+    Attributes:
+        store: `"sqlite"` or `"postgresql"`.
+        sqlstate: The five-character PostgreSQL SQLSTATE, or None (SQLite, or
+            an error raised before the server answered).
+    """
+
+    permanent: ClassVar[bool]
+    """Whether retrying the same batch is expected to fail the same way."""
+
+    def __init__(self, message: str, *, store: str, sqlstate: str | None) -> None:
+        """Describe a failed write to `store`."""
+        super().__init__(message)
+        self.store = store
+        self.sqlstate = sqlstate
+
+
+class PermanentStoreError(StoreError):
+    """The store refused the batch: retrying it will not help.
+
+    A constraint violation, a syntax error, an undefined table or column, a
+    value of the wrong type. The queue still retries it (`max_retries`), then
+    drops the batch with `retries_exhausted`: fix the data or the statement.
+    """
+
+    permanent = True
+
+
+class TransientStoreError(StoreError):
+    """The store could not take the batch now: a retry may succeed.
+
+    A lost or refused connection, a locked database, a serialization failure
+    or deadlock. The flusher dropped its connection, so the next attempt
+    reconnects.
+    """
+
+    permanent = False
+
+
+def log_store_error(error: StoreError) -> None:
+    """Log `store_error` for `error`: which store, permanent or not, SQLSTATE."""
+    logger.warning(
+        STORE_ERROR,
+        store=error.store,
+        permanent=error.permanent,
+        sqlstate=error.sqlstate,
+        error=describe(error),
+    )
