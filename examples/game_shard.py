@@ -32,7 +32,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, TextIO
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple, Protocol, TextIO
 
 import pykka
 import structlog
@@ -180,6 +180,7 @@ class SQLiteStore:
     the lock (a write still locked out then is a transient error: retried)."""
 
     path: Path
+    name: ClassVar[str] = "sqlite"
 
     def reset(self) -> None:
         with contextlib.closing(sqlite3.connect(self.path)) as db:
@@ -200,6 +201,7 @@ class PostgresStore:
     """A PostgreSQL database (`pip install 'wbactor[postgres]'`)."""
 
     dsn: str
+    name: ClassVar[str] = "postgresql"
 
     def reset(self) -> None:
         import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn
@@ -232,9 +234,10 @@ class FaultyFlusher:
     so the late write changes nothing.
     """
 
-    def __init__(self, store: StoreFlusher, rate: float) -> None:
+    def __init__(self, store: StoreFlusher, rate: float, name: str) -> None:
         self._store = store
         self._rate = rate
+        self._name = name  # the store's, for the error
         self._rng = random.Random()
 
     def flush(self, batch: list[PlayerState]) -> None:
@@ -243,7 +246,7 @@ class FaultyFlusher:
             time.sleep(HANG_SECONDS)  # a stalled store, not a wait on a thread
         elif roll < self._rate:
             msg = "injected fault (--faults)"
-            raise TransientStoreError(msg)
+            raise TransientStoreError(msg, store=self._name, sqlstate=None)
         self._store.flush(batch)
 
     def close(self) -> None:
@@ -299,7 +302,9 @@ class Shard:
 
     def make_flusher(self) -> StoreFlusher:
         flusher = self.store.flusher()
-        return FaultyFlusher(flusher, self.faults) if self.faults else flusher
+        if not self.faults:
+            return flusher
+        return FaultyFlusher(flusher, self.faults, self.store.name)
 
 
 # --8<-- [start:play]
