@@ -175,18 +175,25 @@ class StoreFlusher(Protocol):
 
 @dataclass(frozen=True)
 class SQLiteStore:
-    """An SQLite file. Several shard processes may write it: WAL mode lets
-    readers run beside the one writer, and a writer waits up to `timeout` for
-    the lock (a write still locked out then is a transient error: retried)."""
+    """An SQLite file.
+
+    Several shard processes may write it: WAL mode lets readers run beside
+    the one writer, and a writer waits up to 5 s for the lock (a write still
+    locked out then fails as a transient error, and is retried).
+    """
 
     path: Path
     name: ClassVar[str] = "sqlite"
 
     def reset(self) -> None:
-        with contextlib.closing(sqlite3.connect(self.path)) as db:
-            db.execute("PRAGMA journal_mode = WAL")  # kept in the file
-            db.execute(DROP)
-            db.execute(SQLITE_SCHEMA)
+        try:
+            with contextlib.closing(sqlite3.connect(self.path)) as db:
+                db.execute("PRAGMA journal_mode = WAL")  # kept in the file
+                db.execute(DROP)
+                db.execute(SQLITE_SCHEMA)
+        except sqlite3.Error as error:
+            msg = f"cannot use the SQLite file {self.path}: {error}"
+            raise SystemExit(msg) from None
 
     def flusher(self) -> StoreFlusher:
         return SQLiteFlusher(self.path, SQLITE_UPSERT, row, timeout=5.0)
@@ -206,9 +213,13 @@ class PostgresStore:
     def reset(self) -> None:
         import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn
 
-        with psycopg.connect(self.dsn) as db:  # commits on the way out
-            db.execute(DROP)
-            db.execute(POSTGRES_SCHEMA)
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=5) as db:  # commits at exit
+                db.execute(DROP)
+                db.execute(POSTGRES_SCHEMA)
+        except psycopg.Error as error:  # a wrong --dsn fails here, at once
+            msg = f"cannot use the PostgreSQL database: {error}"
+            raise SystemExit(msg) from None
 
     def flusher(self) -> StoreFlusher:
         return PostgresFlusher(self.dsn, POSTGRES_UPSERT, row)
@@ -216,7 +227,7 @@ class PostgresStore:
     def read(self) -> dict[int, PlayerState]:
         import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn
 
-        with psycopg.connect(self.dsn) as db:
+        with psycopg.connect(self.dsn, connect_timeout=5) as db:
             return {r[0]: PlayerState(*r) for r in db.execute(SELECT)}
 
 
