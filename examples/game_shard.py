@@ -52,12 +52,12 @@ STEP = 5.0  # the most a player moves along each axis in a tick
 # above the player count is never reached: nothing is dropped for room.
 BATCH_SIZE = 1000  # above the player count: the interval cuts the batches
 FLUSH_INTERVAL = 0.2  # seconds: a state reaches the store this soon
-FLUSH_TIMEOUT = 1.0  # seconds before a hung write is abandoned and retried
+FLUSH_TIMEOUT = 2.0  # seconds before a hung write is abandoned and retried
 STOP_TIMEOUT = 30.0  # seconds the final drain may take
 
 # --faults: of the flush calls that fail, this share hangs instead of raising.
 HANG_SHARE = 0.1
-HANG_SECONDS = 1.5  # past FLUSH_TIMEOUT
+HANG_SECONDS = 2.5  # past FLUSH_TIMEOUT
 
 REPORT_EVERY = 0.5  # seconds between progress reports from a shard
 ERASE_LINE = "\r\x1b[K"
