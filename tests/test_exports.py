@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 import wbactor
+import wbactor.flushers
 import wbactor.testing
 
 SPEC_API = {
@@ -41,7 +42,7 @@ TESTING_API = {
     "DropRecorder",
 }
 
-MODULES = [wbactor, wbactor.testing]
+MODULES = [wbactor, wbactor.testing, wbactor.flushers]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
