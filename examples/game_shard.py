@@ -501,8 +501,11 @@ def erase_line() -> None:
 class StatusLine:
     """Live counters: redrawn in place on a terminal, else a line a second."""
 
-    def __init__(self, out: TextIO) -> None:
+    def __init__(
+        self, out: TextIO, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self._out = out
+        self._clock = clock
         self._tty = out.isatty()
         self._every = 0.5 if self._tty else 1.0
         self._lock = threading.Lock()  # log lines come from the queue's threads
@@ -512,7 +515,7 @@ class StatusLine:
 
     def update(self, p: Progress) -> None:
         """Show `p`, unless the last line is too recent."""
-        now = time.monotonic()
+        now = self._clock()
         if self._shown_at is None:
             self._shown_at, self._pushed = now, p.pushed
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import sqlite3
@@ -105,6 +106,40 @@ def test_verdict_names_missing_and_stale_players() -> None:
     assert verdict.missing == (1,)
     assert verdict.stale == (2, 3)
     assert str(verdict).startswith("FAILED: 3 of 4 players' latest states")
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_status_line_prints_a_line_a_second_when_not_on_a_terminal() -> None:
+    out, now = io.StringIO(), [100.0]
+    status = game_shard.StatusLine(out, clock=lambda: now[0])
+    status.update(game_shard.Progress(pushed=500))  # the baseline
+    now[0] += 0.5
+    status.update(game_shard.Progress(pushed=3000))  # too soon
+    now[0] += 0.5
+    status.update(game_shard.Progress(pushed=6500, coalesced=4, retries=2))
+    line = (
+        "pushes/s   6000 | depth     0 | coalesced       4 | flushed      0 | "
+        "drops 0 | retries 2 | restarts 0"
+    )
+    assert out.getvalue().splitlines() == [line]
+
+
+def test_status_line_redraws_in_place_on_a_terminal() -> None:
+    out, now = Terminal(), [0.0]
+    status = game_shard.StatusLine(out, clock=lambda: now[0])
+    for pushed in (0, 100, 200):
+        status.update(game_shard.Progress(pushed=pushed))
+        now[0] += 0.5
+    status.clear()
+    status.clear()  # nothing drawn: nothing to erase
+    drawn = out.getvalue()
+    assert "\n" not in drawn
+    assert drawn.count("\r\x1b[Kpushes/s    200 |") == 2
+    assert drawn.endswith("restarts 0\r\x1b[K")
 
 
 @dataclass(frozen=True)
