@@ -319,9 +319,16 @@ class Shard:
 
 
 # --8<-- [start:play]
-def play(
-    shard: Shard, report: Callable[[Progress], object]
-) -> tuple[list[PlayerState], Progress]:
+class ShardResult(NamedTuple):
+    """What a shard played: its players' latest states and its final counts."""
+
+    shard: int
+    latest: list[PlayerState]
+    final: Progress
+    played: float  # seconds: less than asked after a Ctrl-C
+
+
+def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
     """Play one shard; return every player's latest state and the final counts."""
     config: wbactor.Config[PlayerState] = wbactor.Config(
         capacity=2 * len(shard.player_ids),
@@ -336,7 +343,7 @@ def play(
     wb = wbactor.start(config)
     players = [Player.start(player_id, wb.ref) for player_id in shard.player_ids]
     try:
-        drive(players, shard, lambda: report(Progress.of(wb.stats())))
+        played = drive(players, shard, lambda: report(Progress.of(wb.stats())))
         # Asked after the last tick, so each answer is the last state pushed.
         answers = [player.ask(GET_STATE, block=False) for player in players]
         latest: list[PlayerState] = [answer.get(timeout=30) for answer in answers]
@@ -344,7 +351,7 @@ def play(
         for stopped in [player.stop(block=False) for player in players]:
             stopped.get(timeout=30)
         final = Progress.of(wb.stop(timeout=STOP_TIMEOUT))
-    return latest, final
+    return ShardResult(shard.index, latest, final, played)
 
 
 # --8<-- [end:play]
@@ -355,10 +362,10 @@ def drive(
     players: Sequence[pykka.ActorRef[Player]],
     shard: Shard,
     report: Callable[[], object],
-) -> None:
-    """Tell every player a `Tick` at the tick rate; report progress meanwhile."""
+) -> float:
+    """Tell every player a `Tick` at the tick rate; return the seconds played."""
     period = 1.0 / shard.tick_hz
-    now = time.monotonic()
+    now = start = time.monotonic()
     end, next_tick, next_report = now + shard.seconds, now, now
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: stop, then check
         while now < end:
@@ -371,6 +378,7 @@ def drive(
                 next_report += REPORT_EVERY
             time.sleep(max(0.0, min(next_tick, next_report, end) - time.monotonic()))
             now = time.monotonic()
+    return now - start
 
 
 # --8<-- [end:drive]
@@ -383,22 +391,14 @@ class ShardProgress(NamedTuple):
     progress: Progress
 
 
-class ShardDone(NamedTuple):
-    """A shard process's result: its players' latest states and final counts."""
-
-    shard: int
-    latest: list[PlayerState]
-    final: Progress
-
-
 # --8<-- [start:shard_process]
-def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardDone]) -> None:
+def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardResult]) -> None:
     """Play one shard in a process of its own; send the outcome to the parent."""
     configure_logging(erase_line if sys.stdout.isatty() else None, shard=shard.index)
-    latest, final = play(
+    result = play(
         shard, lambda progress: outbox.put(ShardProgress(shard.index, progress))
     )
-    outbox.put(ShardDone(shard.index, latest, final))
+    outbox.put(result)
 
 
 # --8<-- [end:shard_process]
@@ -406,10 +406,10 @@ def shard_process(shard: Shard, outbox: Queue[ShardProgress | ShardDone]) -> Non
 
 def play_shards(
     shards: Sequence[Shard], status: StatusLine
-) -> tuple[list[PlayerState], list[Progress], list[str]]:
-    """Play each shard in its own process; return the states, counts and failures."""
+) -> tuple[list[ShardResult], list[str]]:
+    """Play each shard in its own process; return their results and failures."""
     context = multiprocessing.get_context("spawn")
-    outbox: Queue[ShardProgress | ShardDone] = context.Queue()
+    outbox: Queue[ShardProgress | ShardResult] = context.Queue()
     processes = [
         context.Process(target=shard_process, args=(s, outbox), name=f"shard-{s.index}")
         for s in shards
@@ -417,7 +417,7 @@ def play_shards(
     for process in processes:
         process.start()
     progress: dict[int, Progress] = {}
-    done: dict[int, ShardDone] = {}
+    done: dict[int, ShardResult] = {}
     crashed: dict[int, int] = {}
     while len(done) + len(crashed) < len(shards):
         try:
@@ -430,16 +430,15 @@ def play_shards(
             continue
         except KeyboardInterrupt:
             continue  # the shards got it too: they stop playing and report
-        if isinstance(message, ShardDone):
+        if isinstance(message, ShardResult):
             done[message.shard] = message
         else:
             progress[message.shard] = message.progress
             status.update(Progress.total(progress.values()))
     for process in processes:
         process.join()
-    latest = [state for result in done.values() for state in result.latest]
     failures = [f"shard {i} exited with code {code}" for i, code in crashed.items()]
-    return latest, [done[i].final for i in sorted(done)], failures
+    return [done[i] for i in sorted(done)], failures
 
 
 # ------------------------------------------------------------------ verdict
@@ -589,16 +588,16 @@ def run(store: Store, shards: Sequence[Shard]) -> int:
     store.reset()
     status = StatusLine(sys.stdout)
     configure_logging(status.clear)
+    failures: list[str] = []
     if len(shards) == 1:
-        latest, final = play(shards[0], status.update)
-        finals = [final]
-        failures: list[str] = []
+        results = [play(shards[0], status.update)]
     else:
-        latest, finals, failures = play_shards(shards, status)
+        results, failures = play_shards(shards, status)
     status.clear()
-    for shard, final in zip(shards, finals, strict=False):
-        label = f"shard {shard.index}: " if len(shards) > 1 else ""
-        print(label + summary(final, shard.seconds))
+    for result in results:
+        label = f"shard {result.shard}: " if len(shards) > 1 else ""
+        print(label + summary(result.final, result.played))
+    latest = [state for result in results for state in result.latest]
     verdict = verify(latest, store.read())
     for failure in failures:
         print(f"FAILED: {failure}")
