@@ -437,7 +437,11 @@ def play_shards(
             status.update(Progress.total(progress.values()))
     for process in processes:
         process.join()
-    failures = [f"shard {i} exited with code {code}" for i, code in crashed.items()]
+    failures = [
+        f"shard {i} exited with code {code} before reporting: what it had "
+        "queued is lost, and its players are not checked"
+        for i, code in crashed.items()
+    ]
     return [done[i] for i in sorted(done)], failures
 
 
@@ -599,9 +603,9 @@ def run(store: Store, shards: Sequence[Shard]) -> int:
         print(label + summary(result.final, result.played))
     latest = [state for result in results for state in result.latest]
     verdict = verify(latest, store.read())
-    for failure in failures:
-        print(f"FAILED: {failure}")
     print(verdict)
+    for failure in failures:  # last, so the last line says FAILED
+        print(f"FAILED: {failure}")
     return 0 if verdict.ok and not failures else 1
 
 

@@ -177,3 +177,25 @@ def test_game_shard_fails_when_the_store_lost_a_state(
     assert game_shard.run(store, [shard]) == 1
     out = capsys.readouterr().out
     assert "FAILED: 1 of 10 players' latest states are not stored: 1 missing [3]" in out
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_game_shard_fails_when_a_shard_process_dies(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    store = game_shard.SQLiteStore(tmp_path / "game.db")
+    shards = [
+        game_shard.Shard(
+            index=i,
+            player_ids=range(i * 5, i * 5 + 5),
+            seconds=0.3,
+            tick_hz=20.0 if i == 0 else 0.0,  # shard 1 dies dividing by zero
+            faults=0.0,
+            store=store,
+        )
+        for i in range(2)
+    ]
+    assert game_shard.run(store, shards) == 1
+    last = capfd.readouterr().out.splitlines()[-2:]
+    assert last[0] == "OK: all 5 players' latest states are stored"
+    assert last[1].startswith("FAILED: shard 1 exited with code 1 before reporting")
