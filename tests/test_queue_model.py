@@ -107,6 +107,7 @@ class ScriptedFlusher:
         self._attempts: list[tuple[list[int], str]] = []
         self._gates: deque[threading.Event] = deque()  # of hung attempts
         self._late: list[list[int]] = []  # what hung attempts wrote once let go
+        self._open = False  # every gate let go: no attempt hangs any more
 
     def script(self, outcome: str, *, first: bool = False) -> None:
         with self._lock:
@@ -122,6 +123,8 @@ class ScriptedFlusher:
             self._attempts.append((list(batch), outcome))
             if outcome == HANG:
                 self._gates.append(gate)
+                if self._open:
+                    gate.set()
             self._lock.notify_all()
         if outcome == FAIL:
             msg = f"scripted failure of a batch of {len(batch)}"
@@ -137,8 +140,13 @@ class ScriptedFlusher:
             assert self._lock.wait_for(lambda: len(self._attempts) >= count, WAIT)
 
     def let_go(self, *, every: bool = False) -> None:
-        """Let the oldest hung attempt (or every one) return."""
+        """Let the oldest hung attempt return, or every one, now and later.
+
+        After `every`, no attempt hangs: a teardown that stops the queue
+        must not leave a thread hanging behind it.
+        """
         with self._lock:
+            self._open = self._open or every
             gates = list(self._gates) if every else [self._gates[0]]
             for gate in gates:
                 self._gates.remove(gate)
