@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -19,6 +20,9 @@ T = TypeVar("T")
 
 WAIT = 5.0
 """Seconds a test waits for anything before it fails."""
+
+MODEL_SCALE = int(os.environ.get("WBACTOR_MODEL_SCALE", "1"))
+"""Multiplies the model tests' examples (`tox -e stress` sets 10)."""
 
 
 def accounted(stats: wbactor.Stats) -> int:

@@ -12,6 +12,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
+from support import MODEL_SCALE
 
 from wbactor import DropReason, Policy
 from wbactor._buffer import PolicyBuffer
@@ -208,7 +209,9 @@ class BufferModel(RuleBasedStateMachine):
             assert len(keys) == len(set(keys))
 
 
-MODEL_SETTINGS = settings(max_examples=100, stateful_step_count=50, deadline=None)
+MODEL_SETTINGS = settings(
+    max_examples=100 * MODEL_SCALE, stateful_step_count=50, deadline=None
+)
 
 
 @MODEL_SETTINGS

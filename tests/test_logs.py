@@ -9,11 +9,19 @@ import textwrap
 from collections.abc import MutableMapping
 from typing import Any
 
+import pykka
 from structlog.testing import capture_logs
 from support import WAIT, retries, running, sync
 
 import wbactor
-from wbactor.testing import DropRecorder, FlakyFlusher, ManualClock, RecordingFlusher
+from wbactor._flusher import FlusherActor
+from wbactor.testing import (
+    DropRecorder,
+    FlakyFlusher,
+    GatedFlusher,
+    ManualClock,
+    RecordingFlusher,
+)
 
 MARKER = "SECRET-ITEM-42"
 
@@ -357,3 +365,34 @@ def test_batch_flushed_follows_structlog_configured_after_the_queue_started(
         wb.flush(WAIT)  # back to the old config: not captured
     assert [e["batch_size"] for e in events(logs, "batch_flushed")] == [1]
     assert flusher.items == [item(1), item(2), item(3)]
+
+
+def test_the_late_result_of_an_abandoned_attempt_logs_no_batch_flushed(
+    clock: ManualClock,
+) -> None:
+    # batch_flushed means "counted": an attempt abandoned after flush_timeout
+    # that returns later is ignored, so it must not log one either.
+    flusher: GatedFlusher[str] = GatedFlusher()
+    config = wbactor.Config(
+        capacity=10,
+        flusher=flusher,
+        batch_size=1,
+        flush_interval=1000.0,
+        flush_timeout=2.0,
+        clock=clock,
+    )
+    with capture_logs() as logs, running(config) as wb:
+        wb.push(item(1))
+        assert flusher.entered.wait(WAIT)
+        [hung] = pykka.ActorRegistry.get_by_class(FlusherActor)
+        sync(wb._supervisor)
+        sync(wb._timer)
+        clock.advance(2.0)  # flush_timeout: the attempt is abandoned
+        wb.wait_for(retries(1), WAIT)
+        flusher.release()  # it completes late...
+        assert hung.actor_stopped.wait(WAIT)
+        assert events(logs, "batch_flushed") == []  # ...and is not counted
+        clock.advance(wbactor.default_backoff(1))  # the retry, counted
+        wb.wait_for(lambda s: s.batches == 1, WAIT)
+    assert flusher.batches == [[item(1)], [item(1)]]
+    assert [e["batch_size"] for e in events(logs, "batch_flushed")] == [1]

@@ -16,7 +16,12 @@ What keeps it deterministic:
   `FLUSH_INTERVAL`, far more than the retries between two ticks add up to,
   so the only tick is the one the `tick` rule makes; a retry waits out a
   constant `BACKOFF`, and fires only when the `retry` rule advances by it.
-- The flusher succeeds or fails each attempt as the machine scripted it.
+- The flusher succeeds, fails or hangs each attempt as the machine
+  scripted it. A hung attempt waits on a gate until the machine advances
+  the clock by `FLUSH_TIMEOUT`, which abandons it (a failed attempt, then a
+  retry on a fresh flusher); the machine opens its gate later, and what
+  the abandoned attempt then returns must change nothing (a late write).
+  While an attempt hangs the machine only pushes, times it out or stops.
 - After a step that sets actors working, the machine waits (without
   polling) for the `Stats` the model predicts for the next state in which
   nothing more can happen without the machine: a batch flushed, dropped, or
@@ -48,7 +53,7 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from support import WAIT, Outcome, accounted, sync
+from support import MODEL_SCALE, WAIT, Outcome, accounted, sync
 
 import wbactor
 from wbactor import (
@@ -67,9 +72,11 @@ FLUSH_INTERVAL = 1000.0  # far above the retries made between two ticks
 BACKOFF = 1.0  # every retry waits this long on the manual clock
 BLOCK_TIMEOUT = 0.005  # BLOCK: a push to a full queue is refused this fast
 ABANDON_AFTER = 0.02  # stop(timeout) that runs out on a batch stuck in backoff
+FLUSH_TIMEOUT = 0.5  # a hung attempt is abandoned when the clock moves this far
 
 OK = "ok"
 FAIL = "fail"
+HANG = "hang"
 
 KEYS = st.integers(min_value=0, max_value=6)  # more keys than capacity
 
@@ -95,9 +102,12 @@ class ScriptedFlusher:
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Condition()
         self._script: deque[str] = deque()
         self._attempts: list[tuple[list[int], str]] = []
+        self._gates: deque[threading.Event] = deque()  # of hung attempts
+        self._late: list[list[int]] = []  # what hung attempts wrote once let go
+        self._open = False  # every gate let go: no attempt hangs any more
 
     def script(self, outcome: str, *, first: bool = False) -> None:
         with self._lock:
@@ -107,12 +117,45 @@ class ScriptedFlusher:
                 self._script.append(outcome)
 
     def flush(self, batch: list[int]) -> None:
+        gate = threading.Event()
         with self._lock:
             outcome = self._script.popleft() if self._script else OK
             self._attempts.append((list(batch), outcome))
+            if outcome == HANG:
+                self._gates.append(gate)
+                if self._open:
+                    gate.set()
+            self._lock.notify_all()
         if outcome == FAIL:
             msg = f"scripted failure of a batch of {len(batch)}"
             raise ScriptedStoreError(msg)
+        if outcome == HANG:
+            gate.wait()
+            with self._lock:
+                self._late.append(list(batch))
+                self._lock.notify_all()
+
+    def wait_attempts(self, count: int) -> None:
+        with self._lock:
+            assert self._lock.wait_for(lambda: len(self._attempts) >= count, WAIT)
+
+    def let_go(self, *, every: bool = False) -> None:
+        """Let the oldest hung attempt return, or every one, now and later.
+
+        After `every`, no attempt hangs: a teardown that stops the queue
+        must not leave a thread hanging behind it.
+        """
+        with self._lock:
+            self._open = self._open or every
+            gates = list(self._gates) if every else [self._gates[0]]
+            for gate in gates:
+                self._gates.remove(gate)
+                gate.set()
+
+    def wait_late(self, count: int) -> list[list[int]]:
+        with self._lock:
+            assert self._lock.wait_for(lambda: len(self._late) >= count, WAIT)
+            return [list(batch) for batch in self._late]
 
     @property
     def attempts(self) -> list[tuple[list[int], str]]:
@@ -149,6 +192,9 @@ class QueueModel(RuleBasedStateMachine):
         self.queue: list[int] = []
         self.flight: list[int] | None = None
         self.failures = 0  # failed attempts of the batch in flight
+        self.hanging = False  # its attempt hangs until the clock times it out
+        self.abandoned: list[list[int]] = []  # hung attempts timed out, not let go
+        self.late: list[list[int]] = []  # what those wrote once let go
         self.tick_owed = False  # a tick found items queued behind the batch
         self.script: deque[str] = deque()
         self.attempts: list[tuple[list[int], str]] = []
@@ -187,6 +233,7 @@ class QueueModel(RuleBasedStateMachine):
             retry_backoff=constant_backoff,
             max_retries=max_retries,
             on_drop=self.drops,
+            flush_timeout=FLUSH_TIMEOUT,
             block_timeout=BLOCK_TIMEOUT,
             clock=self.clock,
         )
@@ -235,16 +282,37 @@ class QueueModel(RuleBasedStateMachine):
         assert self.flight is not None
         outcome = self.script.popleft() if self.script else OK
         self.attempts.append((list(self.flight), outcome))
+        if outcome == HANG:
+            self.hanging = True  # until the clock times it out
+            return
         if outcome == OK:
             self.flushed += len(self.flight)
             self.batches += 1
-        else:
-            self.retries += 1
-            self.failures += 1
-            if not 0 <= self.max_retries < self.failures:
-                return  # it waits out its backoff
-            self.drop(self.flight, DropReason.RETRIES_EXHAUSTED)
-            self.restarts += 1  # a fresh flusher for the next batch, at once
+        elif not self.model_failed():
+            return  # it waits out its backoff
+        self.model_settled()
+
+    def model_failed(self) -> bool:
+        """Predict a failed attempt; return whether its batch was dropped."""
+        assert self.flight is not None
+        self.retries += 1
+        self.failures += 1
+        if not 0 <= self.max_retries < self.failures:
+            return False
+        self.drop(self.flight, DropReason.RETRIES_EXHAUSTED)
+        self.restarts += 1  # a fresh flusher for the next batch, at once
+        return True
+
+    def model_timeout(self) -> None:
+        """Predict the clock passing `flush_timeout` on the hung attempt."""
+        assert self.flight is not None
+        self.hanging = False
+        self.abandoned.append(list(self.flight))
+        if self.model_failed():
+            self.model_settled()
+
+    def model_settled(self) -> None:
+        """The batch in flight is done with: an owed tick cuts the next one."""
         self.flight = None
         if self.tick_owed:  # the owed tick cuts the next batch at once
             self.tick_owed = False
@@ -293,6 +361,9 @@ class QueueModel(RuleBasedStateMachine):
     def settle(self) -> None:
         """Wait until the queue reaches the state the model predicts."""
         expected = self.expected()
+        # First the attempts: a hung one shows in no count, and no outcome
+        # wakes wait_for() when a batch merely goes into flight.
+        self.flusher.wait_attempts(len(self.attempts))
         try:
             self.wb.wait_for(lambda s: self.observed(s) == expected, WAIT)
         except TimeoutError:
@@ -337,11 +408,12 @@ class QueueModel(RuleBasedStateMachine):
     # -- flushing -------------------------------------------------------------
 
     @precondition(lambda self: len(self.script) < 6)
-    @rule(outcome=st.sampled_from([FAIL, FAIL, OK]))
+    @rule(outcome=st.sampled_from([FAIL, FAIL, OK, HANG]))
     def script_next_attempt(self, outcome: str) -> None:
         self.flusher.script(outcome)
         self.script.append(outcome)
 
+    @precondition(lambda self: not self.hanging)
     @rule()
     def tick(self) -> None:
         self.clock.advance(FLUSH_INTERVAL)
@@ -363,19 +435,34 @@ class QueueModel(RuleBasedStateMachine):
     @precondition(lambda self: self.flight is None)
     @rule()
     def flush(self) -> None:
-        if self.queue and self.script and self.script[0] == FAIL:
+        if self.queue and self.script and self.script[0] != OK:
             self.wb.ref.tell(Flush())  # wb.flush() would wait for the retry
         else:
             self.wb.flush(timeout=WAIT)
         self.model_cut()
         self.settle()
 
-    @precondition(lambda self: self.flight is not None)
+    @precondition(lambda self: self.flight is not None and not self.hanging)
     @rule()
     def retry(self) -> None:
         self.clock.advance(BACKOFF)
         self.model_retry()
         self.settle()
+
+    @precondition(lambda self: self.hanging)
+    @rule()
+    def time_out_the_hang(self) -> None:
+        self.clock.advance(FLUSH_TIMEOUT)
+        self.model_timeout()
+        self.settle()
+
+    @precondition(lambda self: self.abandoned)
+    @rule()
+    def let_an_abandoned_attempt_return(self) -> None:
+        # It writes now, late; the queue counts nothing of it.
+        self.flusher.let_go()
+        self.late.append(self.abandoned.pop(0))
+        assert self.flusher.wait_late(len(self.late)) == self.late
 
     # -- stopping -------------------------------------------------------------
 
@@ -390,6 +477,10 @@ class QueueModel(RuleBasedStateMachine):
                 self.settle()
                 if self.flight is None:
                     break
+                if self.hanging:
+                    self.clock.advance(FLUSH_TIMEOUT)  # abandon the hung attempt
+                    self.model_timeout()
+                    continue
                 self.clock.advance(BACKOFF)  # the retry's backoff on the clock
                 self.model_retry()
         finally:
@@ -415,14 +506,27 @@ class QueueModel(RuleBasedStateMachine):
     def stop_runs_out_on_the_batch_in_backoff(self) -> None:
         """Stop with a timeout while the batch in flight waits for the clock.
 
-        Nothing can progress until the clock moves, so the drain runs out and
-        what is in flight, then what is queued, is dropped with `closed`.
+        Nothing can progress until the clock moves (the batch waits out its
+        backoff, or its attempt hangs), so the drain runs out and what is in
+        flight, then what is queued, is dropped with `closed`. A hung attempt
+        is abandoned: it may still write, late.
         """
         self.final = self.wb.stop(timeout=ABANDON_AFTER)
         assert self.flight is not None
+        if self.hanging:
+            self.hanging = False
+            self.abandoned.append(list(self.flight))
         self.drop(self.flight + self.queue, DropReason.CLOSED)
         self.flight = None
         self.queue = []
+
+    def let_every_abandoned_attempt_return(self) -> None:
+        self.flusher.let_go(every=True)
+        self.late += self.abandoned
+        self.abandoned = []
+        late = self.flusher.wait_late(len(self.late))
+        assert sorted(late) == sorted(self.late)  # they return in any order
+        self.late = late
 
     def a_stopped_queue_refuses_items(self) -> None:
         item = self.new_item(0)
@@ -442,6 +546,8 @@ class QueueModel(RuleBasedStateMachine):
             event("coalesced")
         if any(outcome == FAIL for _, outcome in self.attempts):
             event("a flush failed")
+        if self.late:
+            event("an abandoned attempt wrote late")
         if self.batches > 1:
             event("several batches flushed")
 
@@ -450,14 +556,16 @@ class QueueModel(RuleBasedStateMachine):
             return
         if sys.exc_info()[1] is not None:
             # A step failed: the model means nothing now, just stop the queue.
+            self.flusher.let_go(every=True)
             self._wb.stop(timeout=ABANDON_AFTER)
             return
         try:
-            if self.abandon_at_stop and self.max_retries != 0:
+            if self.abandon_at_stop and (self.hanging or self.max_retries != 0):
                 self.put_a_batch_in_backoff()
                 self.stop_runs_out_on_the_batch_in_backoff()
             else:
                 self.stop_and_drain()
+            self.let_every_abandoned_attempt_return()
             self.a_stopped_queue_refuses_items()
             self.check_stats()
             self.the_flusher_saw_what_the_model_predicts()
@@ -465,6 +573,7 @@ class QueueModel(RuleBasedStateMachine):
             self.the_queue_holds_what_the_model_holds()
             self.note_coverage()
         finally:
+            self.flusher.let_go(every=True)
             self._wb.stop(timeout=ABANDON_AFTER)  # returns at once once stopped
 
     # -- invariants -------------------------------------------------------------
@@ -487,6 +596,7 @@ class QueueModel(RuleBasedStateMachine):
     def the_flusher_saw_what_the_model_predicts(self) -> None:
         assert self.flusher.attempts == self.attempts
         assert self.flusher.remaining == list(self.script)
+        assert self.flusher.wait_late(len(self.late)) == self.late
 
     @invariant()
     def on_drop_saw_what_the_model_predicts(self) -> None:
@@ -506,7 +616,7 @@ class QueueModel(RuleBasedStateMachine):
 
 
 MODEL_SETTINGS = settings(
-    max_examples=40,
+    max_examples=40 * MODEL_SCALE,
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -115,14 +115,12 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
                 self._failed = True
                 tell_quietly(self._supervisor, BatchFailed(generation, error))
                 return
-            hot_logger().debug(
-                BATCH_FLUSHED,
-                batch_size=len(batch),
-                duration=time.perf_counter() - started,
-            )
+            duration = time.perf_counter() - started
             after = inbox.batch_done(generation)
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
+            # Logged once counted: a late result of an abandoned attempt is not.
+            hot_logger().debug(BATCH_FLUSHED, batch_size=len(batch), duration=duration)
             batch = after
         tell_quietly(self._supervisor, BatchFlushed(generation))
 
