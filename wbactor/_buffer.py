@@ -151,6 +151,11 @@ class PolicyBuffer(Generic[T]):
         excess = (len(items) if length is None else length) - self.capacity
         if excess <= 0:
             return []
+        if excess == 1 and self.overflow_reason is _OLDEST:
+            # The common case, once per push into a full queue: no loop.
+            self.head += 1
+            self.dropped[_OLDEST] += 1
+            return [items.popleft()]
         if self.policy is Policy.DROP_NEWEST:
             dropped = [items.pop() for _ in range(excess)]
             dropped.reverse()

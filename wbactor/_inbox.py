@@ -283,14 +283,22 @@ class PolicyInbox(Generic[T]):
 
     def _after_append(self) -> None:
         """Evict an overshoot, announce a full batch, or refuse after stop."""
-        with self._lock:
+        # Under a flood into a full queue, every push comes here to evict one
+        # item, so this is a hot path too: no `with` (see _offer_keyed), and
+        # no call to _note_batch_ready while a batch is in flight anyway.
+        lock = self._lock
+        lock.acquire()
+        try:
             buffer = self._buffer
             if self._stopped:
                 # Appended after the final accounting: drop it, not lose it.
                 dropped, reason = buffer.drop_queued(_CLOSED), _CLOSED
             else:
                 dropped, reason = buffer.evict_overflow(), buffer.overflow_reason
-                self._note_batch_ready()
+                if buffer.in_flight is None:
+                    self._note_batch_ready()
+        finally:
+            lock.release()
         if dropped:
             self.report_drops(dropped, reason)
 
@@ -511,7 +519,8 @@ class PolicyInbox(Generic[T]):
 
     def report_drops(self, items: Iterable[T], reason: DropReason) -> None:
         """Log and hand dropped items to `on_drop`, outside the lock."""
-        items = list(items)
+        if items.__class__ is not list:
+            items = list(items)
         if not items:
             return
         self._drop_log.note(reason, len(items))
