@@ -216,8 +216,9 @@ class PolicyInbox(Generic[T]):
             self.tell(message)
 
     def _tell_coalesce(self, message: Any) -> None:
-        # `tell` under COALESCE_BY_KEY: the replace of a queued key written
-        # out, as in _offer_keyed; anything else goes through _offer_keyed.
+        # `tell` under COALESCE_BY_KEY: the replace of a queued key and the
+        # entry of a new one written out, under one lock; a closed queue or
+        # an unhashable key goes through _offer_keyed.
         if message.__class__ is not Push:
             self.tell(message)
             return
@@ -227,18 +228,32 @@ class PolicyInbox(Generic[T]):
         except Exception as error:  # noqa: BLE001 - user code; logged, item dropped
             self._key_failed(item, error)
             return
+        by_key = self._by_key
         lock = self._lock
+        slow = True  # closed, or an unhashable key: _offer_keyed sorts it out
+        dropped: list[T] | None = None  # not [], which allocates on every push
         lock.acquire()  # not `with`: see _offer_keyed
         try:
-            if not self._closed and key in self._by_key:
-                self._by_key[key] = item  # an OrderedDict keeps the key's place
-                self._buffer.coalesced += 1
-                return
+            if not self._closed:
+                if key in by_key:
+                    by_key[key] = item  # an OrderedDict keeps the key's place
+                    self._buffer.coalesced += 1
+                    return
+                by_key[key] = item  # a new key takes the next position
+                slow = False
         except Exception:  # noqa: BLE001, S110 - unhashable: _offer_keyed reports it
             pass
+        else:
+            # As on the lock-free path: act only at the trigger length.
+            if len(by_key) >= self._trigger:
+                dropped = self._buffer.evict_overflow()
+                self._note_batch_ready()
         finally:
             lock.release()
-        self._offer_keyed(key, item)
+        if slow:
+            self._offer_keyed(key, item)
+        elif dropped:
+            self.report_drops(dropped, _OLDEST)
 
     # -- producers --------------------------------------------------------
 
