@@ -820,7 +820,7 @@ def machine() -> str:
         f"{platform.python_implementation()} {platform.python_version()}, "
         f"pykka {version('pykka')}, opentelemetry-sdk {version('opentelemetry-sdk')}, "
         f"structlog {version('structlog')}, wbactor {version('wbactor')}; "
-        f"{platform.system()} {platform.release()}"
+        f"{platform.system()}"
     )
 
 
@@ -933,8 +933,10 @@ def targets(rows: list[Row], mem: dict[str, float] | None) -> list[Target]:
             f"RSS growth, {mem['pushes']:,.0f} pushes vs "
             f"{mem['capacity']:,.0f} queued items"
         )
+        # RSS moves in pages and allocator arenas: 1 % of slack for that
+        # (an unbounded queue would grow 50x here).
         growth = mem["growth_bytes"] / mem["full_bytes"]
-        out.append(Target(name, growth, 1.0, at_least=False, unit="x", digits=3))
+        out.append(Target(name, growth, 1.01, at_least=False, unit="x", digits=3))
     return out
 
 
