@@ -327,11 +327,9 @@ class PolicyInbox(Generic[T]):
         self.report_drops(items, reason)
 
     def _offer_coalesce(self, item: T) -> None:
-        # The COALESCE_BY_KEY hot path: key_func outside the lock, one lock
-        # for the look-up and replace (a dict read then write is not atomic).
-        # Written out flat for speed: most pushes replace a queued key, and
-        # that path is one look-up, one store and one count under the lock,
-        # with no call. An unhashable key raises from the look-up itself.
+        # `offer` under COALESCE_BY_KEY (`push()`; `tell` has its own copy of
+        # the hot path, _tell_coalesce): key_func outside the lock, where an
+        # unhashable key is not caught yet: it raises from the look-up.
         try:
             key = self._key_of(item)
         except Exception as error:  # noqa: BLE001 - user code; logged, item dropped
@@ -340,7 +338,11 @@ class PolicyInbox(Generic[T]):
         self._offer_keyed(key, item)
 
     def _offer_keyed(self, key: Hashable, item: T) -> None:
-        """Queue `item` under `key`, its key, under the lock."""
+        """Queue `item` under `key` (the lock taken here); report what it drops.
+
+        One lock for the look-up and the replace or entry: a dict read then
+        write is not atomic.
+        """
         by_key = self._by_key
         failed: Exception | None = None
         dropped: tuple[T] | None = None
