@@ -155,6 +155,20 @@ def test_coalesce_new_key_when_full_evicts_the_oldest() -> None:
     assert dropped(buf) == {OLDEST: 1}
 
 
+def test_coalesce_overshoot_entered_past_the_ledger_is_evicted_oldest_first() -> None:
+    # The inbox enters new keys into by_key itself, then evicts any overshoot.
+    buf = keyed([("a", 1), ("b", 1), ("c", 1)])
+    buf.by_key["d"] = "d1"
+    buf.by_key["e"] = "e1"
+    assert buf.evict_overflow() == ["a1", "b1"]
+    conserved(buf)
+    assert buf.queued() == ["c1", "d1", "e1"]
+    assert dropped(buf) == {OLDEST: 2}
+    assert buf.evict_overflow() == []
+    assert buf.push_keyed("d", "d2") is None  # the index is still exact
+    assert buf.queued() == ["c1", "d2", "e1"]
+
+
 def test_coalesce_key_index_stays_exact_after_eviction() -> None:
     # Go defect 1: after an eviction the key index went stale, so re-pushing
     # "c" overwrote another key's item.

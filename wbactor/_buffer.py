@@ -143,14 +143,22 @@ class PolicyBuffer(Generic[T]):
         """Drop the items beyond `capacity`; return them.
 
         Appends made without the lock can overshoot `capacity` by one item per
-        producer. DROP_NEWEST drops the newest (from the right), the others
-        the oldest (from the left), each counted as the policy's drop.
+        producer, and so can keys entered into `by_key` before this is called.
+        DROP_NEWEST drops the newest (from the right), the others the oldest
+        (from the left), each counted as the policy's drop.
         `length` is the queue length to judge by, if already read.
         """
+        if self._keyed:
+            return self._evict_keyed(length)
         items = self._items
         excess = (len(items) if length is None else length) - self.capacity
         if excess <= 0:
             return []
+        if excess == 1 and self.overflow_reason is _OLDEST:
+            # The common case, once per push into a full queue: no loop.
+            self.head += 1
+            self.dropped[_OLDEST] += 1
+            return [items.popleft()]
         if self.policy is Policy.DROP_NEWEST:
             dropped = [items.pop() for _ in range(excess)]
             dropped.reverse()
@@ -160,6 +168,17 @@ class PolicyBuffer(Generic[T]):
             dropped = [popleft() for _ in range(excess)]
             self.head += excess
         self.dropped[self.overflow_reason] += excess
+        return dropped
+
+    def _evict_keyed(self, length: int | None) -> list[T]:
+        by_key = self._by_key
+        excess = (len(by_key) if length is None else length) - self.capacity
+        if excess <= 0:
+            return []
+        popitem = by_key.popitem
+        dropped = [popitem(last=False)[1] for _ in range(excess)]
+        self.head += excess
+        self.dropped[_OLDEST] += excess
         return dropped
 
     def push_keyed(self, key: Hashable, item: T) -> tuple[T] | None:

@@ -88,9 +88,20 @@ class DropLog:
     def note(self, reason: DropReason, count: int) -> None:
         """Count `count` drops; log them now if this reason's second is up."""
         now = self._clock.now()
-        with self._lock:
-            self._pending[reason] = self._pending.get(reason, 0) + count
+        # Called for every drop, once per push under a flood into a full
+        # queue: no `with` (it binds __enter__/__exit__ each time), and no
+        # further call while the reason's second is not up.
+        lock = self._lock
+        lock.acquire()
+        try:
+            pending = self._pending
+            pending[reason] = pending.get(reason, 0) + count
+            last = self._last.get(reason)
+            if last is not None and now - last < DROP_LOG_INTERVAL:
+                return
             due = self._take_due(now, reason)
+        finally:
+            lock.release()
         self._emit(due)
 
     def flush_due(self) -> None:

@@ -21,8 +21,6 @@ from wbactor._messages import (
     BatchReady,
     Dispatched,
     FlushTick,
-    Push,
-    PushMany,
     Schedule,
     tell_quietly,
 )
@@ -51,9 +49,10 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
     def __init__(self, actor: QueueActor[Any]) -> None:
         """Reference `actor`."""
         super().__init__(actor)
-        inbox = actor.policy_inbox
-        self._offer = inbox.offer
-        self._offer_many = inbox.offer_many
+        self._inbox = actor.policy_inbox
+        # `tell` is the inbox's, bound to the policy: a push is then one call
+        # instead of two (~700 instructions of ~4,000 under callgrind).
+        self.tell = self._inbox.bind_tell(super().tell)  # type: ignore[method-assign,assignment]
 
     def tell(self, message: Any) -> None:
         """Send `message` without waiting; pushes go straight to the policy.
@@ -61,15 +60,11 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
         Raises:
             pykka.ActorDeadError: the queue actor has stopped.
         """
-        # No is_alive() check here: the inbox raises ActorDeadError itself
-        # once the actor stopped, on its closed path, off the hot path.
-        cls = message.__class__
-        if cls is Push:
-            self._offer(message.item)
-        elif cls is PushMany:
-            self._offer_many(message.items)
-        else:
-            super().tell(message)
+        # Shadowed by the instance's `tell`, set in __init__; this is the
+        # same path, for a call through the class. No is_alive() check: the
+        # inbox raises ActorDeadError itself once the actor stopped, on its
+        # closed path, off the hot path.
+        self._inbox.tell(message)
 
 
 class QueueActor(pykka.ThreadingActor, Generic[T]):
