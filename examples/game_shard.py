@@ -257,7 +257,7 @@ class FaultyFlusher:
             time.sleep(HANG_SECONDS)  # a stalled store, not a wait on a thread
         elif roll < self._rate:
             msg = "injected fault (--faults)"
-            raise TransientStoreError(msg, store=self._name, sqlstate=None)
+            raise TransientStoreError(msg, store=self._name)
         self._store.flush(batch)
 
     def close(self) -> None:

@@ -261,3 +261,10 @@ except ImportError as error:
     assert result.returncode == 0, result.stderr
     assert "pip install 'wbactor[postgres]'" in result.stdout
     assert table(tmp_path / "kv.db") == {1: 10}
+
+
+def test_a_flusher_of_ones_own_raises_store_errors_without_an_sqlstate() -> None:
+    error = TransientStoreError("timed out", store="redis")
+    assert isinstance(error, wbactor.WriteBehindError)
+    assert (error.store, error.sqlstate, error.permanent) == ("redis", None, False)
+    assert str(error) == "timed out"

@@ -35,8 +35,12 @@ class StoreError(WriteBehindError):
     names the store, the driver's condition and, for PostgreSQL, the SQLSTATE;
     it never holds item contents or statement parameters.
 
+    A flusher of your own may raise them too, to say which of its errors are
+    worth a retry: `TransientStoreError("timed out", store="redis")`.
+
     Attributes:
-        store: `"sqlite"` or `"postgresql"`.
+        store: `"sqlite"` or `"postgresql"` for the flushers here; any name
+            for your own.
         sqlstate: The five-character PostgreSQL SQLSTATE, or None (SQLite, or
             an error raised before the server answered).
     """
@@ -44,7 +48,9 @@ class StoreError(WriteBehindError):
     permanent: ClassVar[bool]
     """Whether retrying the same batch is expected to fail the same way."""
 
-    def __init__(self, message: str, *, store: str, sqlstate: str | None) -> None:
+    def __init__(
+        self, message: str, *, store: str, sqlstate: str | None = None
+    ) -> None:
         """Describe a failed write to `store`."""
         super().__init__(message)
         self.store = store
