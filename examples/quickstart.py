@@ -40,6 +40,7 @@ class Position:
     y: float
 
 
+# --8<-- [start:flusher]
 class SQLiteFlusher:
     """Upserts each batch of positions in one transaction.
 
@@ -68,6 +69,9 @@ class SQLiteFlusher:
     def close(self) -> None:
         if self._db is not None:
             self._db.close()
+
+
+# --8<-- [end:flusher]
 
 
 def create_schema(path: Path) -> None:
