@@ -221,7 +221,32 @@ class Scenario:
         """Stop threads and actors."""
 
 
-class DequeEvent(Scenario):
+class _EventFloor(Scenario):
+    """A floor: a consumer thread woken by an Event when a batch is ready."""
+
+    def _start_consumer(self, n: int) -> None:
+        self.n = n
+        self.ev = threading.Event()
+        self.done = threading.Event()
+        self.sink = Sink()
+        self.thread = threading.Thread(target=self._consume, daemon=True)
+        self.thread.start()
+
+    def _consume(self) -> None:
+        raise NotImplementedError
+
+    def producer_done(self) -> None:
+        self.ev.set()  # the tail
+
+    def wait_done(self) -> int:
+        self.done.wait()
+        return self.sink.items
+
+    def teardown(self) -> None:
+        self.thread.join()
+
+
+class DequeEvent(_EventFloor):
     """A: the floor, a deque and an Event."""
 
     key = "A"
@@ -231,13 +256,8 @@ class DequeEvent(Scenario):
         self.nprod = nprod
 
     def setup(self, n: int) -> None:
-        self.n = n
         self.dq: collections.deque[Item] = collections.deque()
-        self.ev = threading.Event()
-        self.done = threading.Event()
-        self.sink = Sink()
-        self.thread = threading.Thread(target=self._consume, daemon=True)
-        self.thread.start()
+        self._start_consumer(n)
 
     def _consume(self) -> None:
         dq, ev, sink, n = self.dq, self.ev, self.sink, self.n
@@ -272,18 +292,8 @@ class DequeEvent(Scenario):
                 k = 0
                 sampler()
 
-    def producer_done(self) -> None:
-        self.ev.set()  # the tail
-
-    def wait_done(self) -> int:
-        self.done.wait()
-        return self.sink.items
-
     def backlog(self) -> int:
         return len(self.dq)
-
-    def teardown(self) -> None:
-        self.thread.join()
 
 
 class DequeEvent4(DequeEvent):
@@ -413,7 +423,7 @@ class OtelBSP(Scenario):
         self.bsp.shutdown()  # type: ignore[no-untyped-call]
 
 
-class CoalesceDict(Scenario):
+class CoalesceDict(_EventFloor):
     """F: the coalescing floor, a dict behind a lock swapped out by the consumer."""
 
     key = "F"
@@ -421,16 +431,11 @@ class CoalesceDict(Scenario):
     exact = False
 
     def setup(self, n: int) -> None:
-        self.n = n
         self.lock = threading.Lock()
         self.d: dict[int, Item] = {}
         self.count = [0]
-        self.ev = threading.Event()
-        self.done = threading.Event()
-        self.sink = Sink()
         self.writes = 0
-        self.thread = threading.Thread(target=self._consume, daemon=True)
-        self.thread.start()
+        self._start_consumer(n)
 
     def _consume(self) -> None:
         lock, d, count, ev, sink = self.lock, self.d, self.count, self.ev, self.sink
@@ -472,18 +477,8 @@ class CoalesceDict(Scenario):
                 k = 0
                 sampler()
 
-    def producer_done(self) -> None:
-        self.ev.set()
-
-    def wait_done(self) -> int:
-        self.done.wait()
-        return self.sink.items
-
     def backlog(self) -> int:
         return len(self.d)
-
-    def teardown(self) -> None:
-        self.thread.join()
 
 
 def player_id(item: Item) -> int:
