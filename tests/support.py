@@ -109,3 +109,62 @@ class Outcome:
     def join(self, timeout: float = WAIT) -> None:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "the thread did not finish"
+
+
+class Admitted(Generic[T]):
+    """A policy's admission over a real ledger, on one thread: what pushes run.
+
+    `push(item)` offers `item` as `tell(Push(item))` does (BLOCK: as
+    `push(item, timeout=0)` does, raising `PushTimeoutError` when full) and
+    returns what it dropped, as `(item,)`, or None. Every other attribute is
+    the ledger's `PolicyBuffer`'s, so a test can take, complete and read it.
+    """
+
+    def __init__(
+        self,
+        capacity: int,
+        policy: wbactor.Policy,
+        key_func: Callable[[T], Any] | None = None,
+        now: float = 0.0,
+    ) -> None:
+        from wbactor._admission import admission_for  # noqa: PLC0415 - internals
+        from wbactor._drops import ActorThreads, DropReporter  # noqa: PLC0415
+        from wbactor._ledger import Ledger  # noqa: PLC0415
+        from wbactor._log import DropLog  # noqa: PLC0415
+        from wbactor.testing import ManualClock  # noqa: PLC0415
+
+        config: wbactor.Config[T] = wbactor.Config(
+            capacity=capacity,
+            flusher=lambda batch: None,
+            policy=policy,
+            key_func=key_func or (lambda item: item),
+            batch_size=capacity + 1,  # never a full batch: no wake-up to watch
+        )
+        clock = ManualClock(now)
+        threads = ActorThreads()
+        self.dropped_calls: list[tuple[T, wbactor.DropReason]] = []
+        drops: DropReporter[T] = DropReporter(
+            DropLog(clock),
+            lambda item, reason: self.dropped_calls.append((item, reason)),
+            threads,
+        )
+        self.ledger: Ledger[T] = Ledger(config, clock, threads)
+        self.buf = self.ledger.buffer
+        self._admission = admission_for(config, self.ledger, drops)
+        self._blocking = policy is wbactor.Policy.BLOCK
+
+    def push(self, item: T) -> tuple[T] | None:
+        before = len(self.dropped_calls)
+        if self._blocking:
+            self._admission.push(item, 0)
+        else:
+            self._admission.offer(item)
+        new = self.dropped_calls[before:]
+        assert len(new) <= 1
+        return (new[0][0],) if new else None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.buf, name)
+
+    def __len__(self) -> int:
+        return len(self.buf)

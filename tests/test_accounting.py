@@ -316,12 +316,12 @@ def test_pushes_do_not_wake_the_actor_until_a_full_batch_waits(
         capacity=1_000, flusher=flusher, batch_size=100, clock=clock
     )
     with wbactor.start(config) as wb:
-        inbox: Any = wb._inbox
+        mailbox: Any = wb.ref.actor_inbox
         for item in range(99):
             wb.ref.tell(Push(item))
         # White-box: no wake-up is pending for the queue actor.
-        assert not inbox._control
-        assert not inbox._batch_ready
+        assert not mailbox._control
+        assert not wb._ledger.batch_ready
         assert wb.stats().depth == 99
         assert flusher.batches == []
         wb.flush(timeout=5)

@@ -1,10 +1,11 @@
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from support import Admitted
 
-from wbactor import DropReason, Policy
+from wbactor import DropReason, Policy, PushTimeoutError
 from wbactor._buffer import PolicyBuffer
 
 T = TypeVar("T")
@@ -28,8 +29,9 @@ def dropped(buf: PolicyBuffer[T]) -> dict[DropReason, int]:
     return {reason: n for reason, n in buf.dropped.items() if n}
 
 
-def filled(policy: Policy, items: list[int], capacity: int = 3) -> PolicyBuffer[int]:
-    buf: PolicyBuffer[int] = PolicyBuffer(capacity, policy)
+def filled(policy: Policy, items: list[int], capacity: int = 3) -> Any:
+    """A queue under `policy` that admitted `items`, as pushes run (`Admitted`)."""
+    buf: Any = Admitted(capacity, policy)
     for item in items:
         assert buf.push(item) is None
         conserved(buf)
@@ -105,9 +107,9 @@ def test_drop_newest_accepts_again_once_room_is_made() -> None:
 # -- BLOCK ----------------------------------------------------------------------
 
 
-def test_block_raises_overflow_error_when_full_and_changes_nothing() -> None:
+def test_block_raises_push_timeout_when_full_and_changes_nothing() -> None:
     buf = filled(Policy.BLOCK, [1, 2, 3])
-    with pytest.raises(OverflowError):
+    with pytest.raises(PushTimeoutError):
         buf.push(4)
     conserved(buf)
     assert buf.queued() == [1, 2, 3]
@@ -120,7 +122,7 @@ def test_block_accepts_once_room_is_made() -> None:
     buf.take(2)
     assert buf.push(4) is None
     assert buf.push(5) is None
-    with pytest.raises(OverflowError):
+    with pytest.raises(PushTimeoutError):
         buf.push(6)
     assert conserved(buf).queued() == [3, 4, 5]
 
@@ -325,8 +327,9 @@ def test_reject_counts_an_item_refused_at_the_door() -> None:
 
 
 def test_stats_snapshot_reports_every_counter() -> None:
-    buf = filled(Policy.DROP_OLDEST, [1, 2, 3])
-    buf.push(4)
+    admitted = filled(Policy.DROP_OLDEST, [1, 2, 3])
+    admitted.push(4)
+    buf: PolicyBuffer[int] = admitted.buf
     buf.take(2)
     buf.complete()
     buf.take(1)
@@ -378,7 +381,7 @@ def test_settled_reaches_tail_only_when_everything_pushed_is_settled() -> None:
 
 
 def test_oldest_age_is_zero_when_empty() -> None:
-    buf: PolicyBuffer[int] = PolicyBuffer(3, Policy.DROP_OLDEST, now=5.0)
+    buf: Any = Admitted(3, Policy.DROP_OLDEST, now=5.0)
     assert buf.oldest_age(100.0) == 0.0
     buf.push(1)
     buf.take(1)
@@ -387,7 +390,7 @@ def test_oldest_age_is_zero_when_empty() -> None:
 
 
 def test_oldest_age_counts_from_the_last_mark_before_the_oldest_item() -> None:
-    buf: PolicyBuffer[int] = PolicyBuffer(10, Policy.DROP_OLDEST, now=0.0)
+    buf: Any = Admitted(10, Policy.DROP_OLDEST, now=0.0)
     buf.push(1)  # entered in (0, 1]
     buf.mark(1.0)
     buf.push(2)  # entered in (1, 2]
@@ -403,7 +406,7 @@ def test_oldest_age_counts_from_the_last_mark_before_the_oldest_item() -> None:
 
 
 def test_a_mark_with_nothing_new_tightens_the_bound() -> None:
-    buf: PolicyBuffer[int] = PolicyBuffer(10, Policy.DROP_OLDEST, now=0.0)
+    buf: Any = Admitted(10, Policy.DROP_OLDEST, now=0.0)
     buf.mark(1.0)
     buf.mark(2.0)
     buf.push(1)
@@ -411,7 +414,7 @@ def test_a_mark_with_nothing_new_tightens_the_bound() -> None:
 
 
 def test_oldest_age_follows_evictions() -> None:
-    buf: PolicyBuffer[int] = PolicyBuffer(2, Policy.DROP_OLDEST, now=0.0)
+    buf: Any = Admitted(2, Policy.DROP_OLDEST, now=0.0)
     buf.push(1)
     buf.mark(1.0)
     buf.push(2)
@@ -421,7 +424,7 @@ def test_oldest_age_follows_evictions() -> None:
 
 
 def test_oldest_age_is_never_negative() -> None:
-    buf: PolicyBuffer[int] = PolicyBuffer(2, Policy.DROP_OLDEST, now=10.0)
+    buf: Any = Admitted(2, Policy.DROP_OLDEST, now=10.0)
     buf.push(1)
     assert buf.oldest_age(9.0) == 0.0
 
@@ -430,7 +433,7 @@ def test_oldest_age_is_never_negative() -> None:
 def test_oldest_age_is_an_upper_bound_tight_to_one_tick(policy: Policy) -> None:
     # Items enter at known times between ticks (one mark per tick of 1.0 s);
     # the reported age is >= the true age and < true age + one tick.
-    buf: PolicyBuffer[int] = PolicyBuffer(4, policy, now=0.0)
+    buf: Any = Admitted(4, policy, now=0.0)
     entered: dict[int, float] = {}
     times = [0.1, 0.4, 1.2, 2.7, 2.9, 3.5, 5.05, 5.5, 7.3]
     tick = 0.0

@@ -1,6 +1,12 @@
-"""PolicyBuffer against a naive reference model, for every policy."""
+"""The policies as pushes run them, over the ledger's PolicyBuffer, against a model.
+
+Pushes go through each policy's admission (`support.Admitted`), the code
+`tell(Push)` runs; batches, drops and counters through the buffer itself.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 from hypothesis import settings
@@ -12,10 +18,9 @@ from hypothesis.stateful import (
     precondition,
     rule,
 )
-from support import MODEL_SCALE
+from support import MODEL_SCALE, Admitted, first
 
-from wbactor import DropReason, Policy
-from wbactor._buffer import PolicyBuffer
+from wbactor import DropReason, Policy, PushTimeoutError
 
 KEYS = st.sampled_from("abcd")
 REASONS = st.sampled_from(list(DropReason))
@@ -24,7 +29,7 @@ Item = tuple[str, int]
 
 
 class BufferModel(RuleBasedStateMachine):
-    """Drives a `PolicyBuffer` and a list-and-counters model side by side.
+    """Drives a policy's admission and buffer and a list-and-counters model.
 
     Items are `(key, serial)` pairs with a unique serial, so any mix-up of
     items, order or keys shows as a difference from the model.
@@ -36,7 +41,7 @@ class BufferModel(RuleBasedStateMachine):
         super().__init__()
         self.serial = 0
         self.capacity = 1
-        self.buf: PolicyBuffer[Item] = PolicyBuffer(1, self.policy)
+        self.buf: Any = Admitted(1, self.policy, key_func=first)
         # the model
         self.queue: list[Item] = []
         self.flight: list[Item] | None = None
@@ -57,7 +62,7 @@ class BufferModel(RuleBasedStateMachine):
     @initialize(capacity=st.integers(min_value=1, max_value=5))
     def make_buffer(self, capacity: int) -> None:
         self.capacity = capacity
-        self.buf = PolicyBuffer(capacity, self.policy)
+        self.buf = Admitted(capacity, self.policy, key_func=first)
 
     # -- rules ----------------------------------------------------------------
 
@@ -70,7 +75,7 @@ class BufferModel(RuleBasedStateMachine):
         item = self.new_item(key)
         full = len(self.queue) >= self.capacity
         if self.policy is Policy.BLOCK and full:
-            with pytest.raises(OverflowError):
+            with pytest.raises(PushTimeoutError):
                 self.buf.push(item)
             return
         result = self.buf.push(item)
@@ -95,7 +100,7 @@ class BufferModel(RuleBasedStateMachine):
     @rule(key=KEYS)
     def push_keyed(self, key: str) -> None:
         item = self.new_item(key)
-        result = self.buf.push_keyed(key, item)
+        result = self.buf.push(item)
         self.pushed += 1
         positions = [i for i, (k, _) in enumerate(self.queue) if k == key]
         assert len(positions) <= 1

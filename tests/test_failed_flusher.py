@@ -11,7 +11,7 @@ from support import WAIT
 
 import wbactor
 from wbactor._flusher import FlusherActor
-from wbactor._inbox import PolicyInbox
+from wbactor._ledger import Ledger
 from wbactor._messages import Dispatched
 
 if TYPE_CHECKING:
@@ -32,13 +32,13 @@ def test_a_run_queued_before_the_failure_does_not_flush_the_batch_again(
     release_supervisor = threading.Event()
     wb: wbactor.WriteBehind[int]
 
-    record_failure = PolicyInbox.record_failure
+    fail = Ledger.fail
 
-    def slow_record_failure(self: Any, *args: Any, **kwargs: Any) -> Any:
+    def slow_fail(self: Any, *args: Any, **kwargs: Any) -> Any:
         release_supervisor.wait(WAIT)  # hold the supervisor back
-        return record_failure(self, *args, **kwargs)
+        return fail(self, *args, **kwargs)
 
-    monkeypatch.setattr(PolicyInbox, "record_failure", slow_record_failure)
+    monkeypatch.setattr(Ledger, "fail", slow_fail)
 
     def flusher(batch: list[int]) -> None:
         calls.append(batch)

@@ -604,10 +604,10 @@ class QueueModel(RuleBasedStateMachine):
 
     @invariant()
     def the_queue_holds_what_the_model_holds(self) -> None:
-        inbox = self.wb._inbox
-        with inbox._lock:
-            queued = inbox._buffer.queued()
-            in_flight = inbox._buffer.in_flight
+        ledger = self.wb._ledger
+        with ledger.lock:
+            queued = ledger.buffer.queued()
+            in_flight = ledger.buffer.in_flight
         assert queued == self.queue
         assert in_flight == self.flight
         if self.policy is Policy.COALESCE_BY_KEY:

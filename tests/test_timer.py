@@ -42,8 +42,8 @@ class TickCounter:
         self.count = 0
 
     def watch(self, wb: wbactor.WriteBehind[Any]) -> None:
-        inbox = wb._inbox
-        put = inbox.put
+        mailbox = wb.ref.actor_inbox
+        put = mailbox.put
 
         def counting_put(envelope: Any, /) -> None:
             put(envelope)
@@ -52,7 +52,7 @@ class TickCounter:
                     self.count += 1
                     self._cond.notify_all()
 
-        self._monkeypatch.setattr(inbox, "put", counting_put)
+        self._monkeypatch.setattr(mailbox, "put", counting_put)
 
     def wait(self, count: int) -> None:
         with self._cond:

@@ -9,13 +9,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pykka
 from pykka.messages import ProxySetAttr
 
+from wbactor._admission import admission_for
 from wbactor._clock import MonotonicClock
+from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import QueueClosedError
-from wbactor._inbox import PolicyInbox
+from wbactor._ledger import Ledger
 from wbactor._log import QUEUE_STARTED, QUEUE_STOPPED, DropLog, logger
+from wbactor._mailbox import Mailbox
 from wbactor._messages import Flush
 from wbactor._queue import QueueActor, QueueRef
-from wbactor._stats import DropReason
 from wbactor._supervisor import SupervisorActor
 from wbactor._timer import TimerActor
 
@@ -23,6 +25,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
 
+    from wbactor._admission import Admission
     from wbactor._clock import Clock
     from wbactor._config import Config
     from wbactor._stats import Stats
@@ -42,10 +45,17 @@ def start(config: Config[T]) -> WriteBehind[T]:
     first = config.flusher_factory() if config.flusher_factory else config.flusher
     assert first is not None  # noqa: S101 - Config guarantees one of them
     drop_log = DropLog(clock)
-    inbox: PolicyInbox[T] = PolicyInbox(config, clock, drop_log)
+    threads = ActorThreads()
+    drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads)
+    ledger: Ledger[T] = Ledger(config, clock, threads)
+    admission = admission_for(config, ledger, drops)
     timer = TimerActor.start(clock)
     queue_ref: QueueRef = QueueActor.start(  # type: ignore[assignment]
-        inbox=inbox,
+        ledger=ledger,
+        mailbox=Mailbox(ledger, admission),
+        admission=admission,
+        drops=drops,
+        threads=threads,
         flush_interval=config.flush_interval,
         clock=clock,
         timer=timer,
@@ -54,7 +64,9 @@ def start(config: Config[T]) -> WriteBehind[T]:
     supervisor: pykka.ActorRef[Any] = SupervisorActor.start(
         config=config,
         first_flusher=first,
-        inbox=inbox,
+        ledger=ledger,
+        drops=drops,
+        threads=threads,
         clock=clock,
         timer=timer,
         queue=queue_ref,
@@ -73,7 +85,10 @@ def start(config: Config[T]) -> WriteBehind[T]:
         block_timeout=config.block_timeout,
     )
     return WriteBehind(
-        inbox=inbox,
+        ledger=ledger,
+        admission=admission,
+        drops=drops,
+        threads=threads,
         ref=queue_ref,
         supervisor=supervisor,
         timer=timer,
@@ -88,17 +103,23 @@ class WriteBehind(Generic[T]):
     on exit.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
         *,
-        inbox: PolicyInbox[T],
+        ledger: Ledger[T],
+        admission: Admission[T],
+        drops: DropReporter[T],
+        threads: ActorThreads,
         ref: QueueRef,
         supervisor: pykka.ActorRef[Any],
         timer: pykka.ActorRef[Any],
         drop_log: DropLog,
     ) -> None:
         """Wrap running actors; use `wbactor.start()` instead."""
-        self._inbox = inbox
+        self._ledger = ledger
+        self._admission = admission
+        self._drops = drops
+        self._threads = threads
         self._ref = ref
         self._supervisor = supervisor
         self._timer = timer
@@ -121,11 +142,11 @@ class WriteBehind(Generic[T]):
             QueueClosedError: the queue is stopping or stopped.
             PushTimeoutError: `Policy.BLOCK` found no room within `timeout`.
         """
-        self._inbox.push(item, timeout)
+        self._admission.push(item, timeout)
 
     def depth(self) -> int:
         """Return the items queued, not counting the batch in flight."""
-        return self._inbox.depth()
+        return self._ledger.depth()
 
     def flush(self, timeout: float | None = None) -> None:
         """Return when every item pushed before the call is flushed or dropped.
@@ -136,8 +157,8 @@ class WriteBehind(Generic[T]):
             RuntimeError: called from a flusher or `on_drop` running on one
                 of the queue's own actors, where it would wait for itself.
         """
-        self._inbox.check_not_actor_thread("flush()")
-        if self._inbox.closed:
+        self._threads.check_not_current("flush()")
+        if self._ledger.closed:
             msg = "the queue is stopping or stopped; use stop() to drain it"
             raise QueueClosedError(msg)
         try:
@@ -151,7 +172,10 @@ class WriteBehind(Generic[T]):
 
     def stats(self) -> Stats:
         """Return a consistent snapshot of the counters."""
-        return self._inbox.stats()
+        stats, evicted = self._ledger.stats()
+        if evicted is not None:
+            self._drops.report(*evicted)
+        return stats
 
     def stop(self, timeout: float | None = None) -> Stats:
         """Drain the queue, then stop every actor; return the final `Stats`.
@@ -165,20 +189,20 @@ class WriteBehind(Generic[T]):
             RuntimeError: called from a flusher or `on_drop` running on one
                 of the queue's own actors, where it would wait for itself.
         """
-        self._inbox.check_not_actor_thread("stop()")
+        self._threads.check_not_current("stop()")
         with self._stop_lock:
             if self._final is not None:
                 return self._final
             deadline = None if timeout is None else time.monotonic() + timeout
-            self._inbox.close()
+            self._ledger.close()
             if not self._drain(deadline):
-                self._inbox.report_drops(self._inbox.abandon(), DropReason.CLOSED)
+                self._drops.report(*self._ledger.abandon())
             # The queue's on_stop stops the supervisor and the timer too; stop
             # them here as well so stop() returns with all of them stopped.
             for ref in (self._supervisor, self._ref, self._timer):
                 ref.stop()
             self._drop_log.flush_all()
-            final = self._inbox.stats()
+            final = self.stats()
             logger.info(
                 QUEUE_STOPPED,
                 pushed=final.pushed,
@@ -213,7 +237,9 @@ class WriteBehind(Generic[T]):
         For tests: outcomes are batch results, failures, restarts and
         dropped batches. Raises TimeoutError if it does not hold in time.
         """
-        stats = self._inbox.wait_progress(predicate, timeout)
+        stats, evicted = self._ledger.wait_progress(predicate, timeout)
+        if evicted is not None:
+            self._drops.report(*evicted)
         if stats is None:
             msg = f"condition not met within {timeout} s; last {self.stats()}"
             raise TimeoutError(msg)

@@ -3,7 +3,8 @@
 It holds the queued items, the batch in flight and every counter, and applies
 the overflow policy. It knows nothing of threads, actors or time sources (the
 time is passed in), so its rules can be tested directly and against a model.
-The inbox (`_inbox.py`) wraps it in a lock.
+The ledger (`_ledger.py`) wraps it in a lock; admission (`_admission.py`)
+applies the policies to it.
 
 Positions: every item that enters the queue's tail takes the next position
 (`tail`); items leave from the front (`head`), into a batch or evicted. A
@@ -12,7 +13,7 @@ pushed before now" is "every position below `tail` now", which is how `Flush`
 knows when it is done.
 
 Nothing counts items as they are appended: `tail` is `head + len`, and
-`pushed` follows from it. So the inbox may `append` to `items` without the
+`pushed` follows from it. So admission may `append` to `items` without the
 lock (a single, GIL-atomic `deque.append`), as long as everything that
 *removes* items holds it; the counts stay exact at every snapshot.
 """
@@ -26,7 +27,7 @@ from wbactor._config import Policy
 from wbactor._stats import DropReason, Stats
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Hashable
+    from collections.abc import Hashable
 
 __all__ = ["PolicyBuffer"]
 
@@ -39,9 +40,9 @@ _NEWEST = DropReason.DROP_NEWEST
 class PolicyBuffer(Generic[T]):
     """Queued items, the batch in flight, and the counters that account for them.
 
-    Not thread-safe. `push` and `push_keyed` return `None` when nothing was
-    dropped, or a 1-tuple holding the dropped item (its reason is
-    `overflow_reason`); the caller reports it.
+    Not thread-safe. `push_keyed` returns `None` when nothing was dropped,
+    or a 1-tuple holding the dropped item (its reason is `overflow_reason`);
+    the caller reports it.
     """
 
     def __init__(self, capacity: int, policy: Policy, now: float = 0.0) -> None:
@@ -65,15 +66,6 @@ class PolicyBuffer(Generic[T]):
         # (time, tail) marks, at least one per tick: the oldest queued item
         # entered after the last mark whose tail is <= head.
         self._marks: deque[tuple[float, int]] = deque([(now, 0)])
-        # push(item) -> the dropped item in a 1-tuple, or None: bound once
-        # to the policy's method, so the hot path has no policy branch.
-        self.push: Callable[[T], tuple[T] | None]
-        if policy is Policy.DROP_NEWEST:
-            self.push = self._push_drop_newest
-        elif policy is Policy.BLOCK:
-            self.push = self._push_block
-        else:
-            self.push = self._push_drop_oldest
 
     # -- queue contents ---------------------------------------------------
 
@@ -91,12 +83,12 @@ class PolicyBuffer(Generic[T]):
 
     @property
     def items(self) -> deque[T]:
-        """The queue of the unkeyed policies, for the inbox's lock-free appends."""
+        """The queue of the unkeyed policies, for admission's lock-free appends."""
         return self._items
 
     @property
     def by_key(self) -> OrderedDict[Hashable, T]:
-        """The queue of COALESCE_BY_KEY, for the inbox's length checks."""
+        """The queue of COALESCE_BY_KEY, for admission's length checks."""
         return self._by_key
 
     @property
@@ -114,30 +106,21 @@ class PolicyBuffer(Generic[T]):
         return self.in_flight_start if self.in_flight is not None else self.head
 
     # -- pushing ----------------------------------------------------------
+    #
+    # DROP_OLDEST and DROP_NEWEST append to `items` themselves, without the
+    # lock (`_admission.py`), and call `evict_overflow` at the trigger length.
 
-    def _push_drop_oldest(self, item: T) -> tuple[T] | None:
-        items = self._items
-        items.append(item)
-        if len(items) > self.capacity:
-            self.head += 1
-            self.dropped[_OLDEST] += 1
-            return (items.popleft(),)
-        return None
+    def append(self, item: T) -> None:
+        """Queue `item` at the tail (BLOCK, which waits for room first).
 
-    def _push_drop_newest(self, item: T) -> tuple[T] | None:
-        if len(self._items) >= self.capacity:
-            self.reject(_NEWEST)
-            return (item,)
-        self._items.append(item)
-        return None
-
-    def _push_block(self, item: T) -> tuple[T] | None:
+        Raises:
+            OverflowError: the queue is full; nothing changed.
+        """
         items = self._items
         if len(items) >= self.capacity:
-            msg = "BLOCK buffer is full: the inbox must wait for room first"
+            msg = "BLOCK buffer is full: admission must wait for room first"
             raise OverflowError(msg)
         items.append(item)
-        return None
 
     def evict_overflow(self, length: int | None = None) -> list[T]:
         """Drop the items beyond `capacity`; return them.

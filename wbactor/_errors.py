@@ -9,6 +9,10 @@ The tree::
     │   └── CoalesceNeedsKeyError
     ├── QueueClosedError (also pykka.ActorDeadError)
     └── PushTimeoutError (also TimeoutError)
+
+Outside that tree, as they are not raised to callers: `FlushTimeoutError` and
+`FlusherDiedError`, the `error` of a failed attempt's log line when the
+attempt hung past `flush_timeout` or its flusher actor died.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ __all__ = [
     "CapacityRequiredError",
     "CoalesceNeedsKeyError",
     "ConfigError",
+    "FlushTimeoutError",
+    "FlusherDiedError",
     "FlusherRequiredError",
     "PushTimeoutError",
     "QueueClosedError",
@@ -76,3 +82,11 @@ class PushTimeoutError(WriteBehindError, TimeoutError):
     The item was not accepted and is not counted in `Stats`. Push again
     later, raise the timeout, or pick a dropping policy.
     """
+
+
+class FlushTimeoutError(Exception):
+    """A flush attempt ran past `flush_timeout` (the `error` of its log line)."""
+
+
+class FlusherDiedError(Exception):
+    """The flusher actor stopped without being asked (the `error` of its log line)."""

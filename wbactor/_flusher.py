@@ -1,7 +1,7 @@
 """The flusher actor: calls the user's flusher, one batch at a time.
 
 It flushes the batch in flight, then keeps taking full batches straight from
-the inbox while they are waiting, so a healthy queue under a backlog needs no
+the ledger while they are waiting, so a healthy queue under a backlog needs no
 actor message per batch. Whatever the flusher raises, `BaseException`
 included, is caught and reported to the supervisor as `BatchFailed`: nothing
 escapes into pykka, which would stop every actor in the process.
@@ -9,13 +9,11 @@ escapes into pykka, which would stop every actor in the process.
 
 from __future__ import annotations
 
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from wbactor._inbox import Stale
 from wbactor._log import (
     BATCH_FLUSHED,
     FLUSHER_CLOSE_FAILED,
@@ -28,15 +26,18 @@ from wbactor._messages import (
     BatchFlushed,
     FlusherDied,
     RunBatches,
+    Stale,
     tell_quietly,
 )
 
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
     from types import TracebackType
 
     from wbactor._config import FlusherLike
-    from wbactor._inbox import PolicyInbox
+    from wbactor._drops import ActorThreads
+    from wbactor._ledger import Ledger
 
 __all__ = ["FlusherActor", "as_flush_function"]
 
@@ -62,7 +63,7 @@ def close_flusher(flusher: object) -> None:
 
 
 class FlusherActor(pykka.ThreadingActor, Generic[T]):
-    """Runs the user's flusher for one supervisor generation."""
+    """Runs the user's flusher for one supervisor epoch."""
 
     # A flush hung in user code must not keep the process alive at exit.
     use_daemon_thread = True
@@ -71,18 +72,20 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self,
         *,
         flusher: FlusherLike[T],
-        generation: int,
-        inbox: PolicyInbox[T],
+        epoch: int,
+        ledger: Ledger[T],
+        threads: ActorThreads,
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
         owns_flusher: bool,
     ) -> None:
-        """Make the flusher actor of `generation`."""
+        """Make the flusher actor of `epoch`."""
         super().__init__()
         self._flusher = flusher
         self._flush = as_flush_function(flusher)
-        self._generation = generation
-        self._inbox = inbox
+        self._epoch = epoch
+        self._ledger = ledger
+        self._threads = threads
         self._supervisor = supervisor
         self._retired = retired
         self._owns_flusher = owns_flusher  # made for it by flusher_factory
@@ -90,39 +93,39 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
 
     def on_start(self) -> None:
         """Note this thread runs user code for the queue."""
-        self._inbox.actor_threads.add(threading.get_ident())
+        self._threads.enter()
 
     def on_receive(self, message: Any) -> None:
         """Run batches when the supervisor says so, until an attempt fails."""
         if (
             isinstance(message, RunBatches)
-            and message.generation == self._generation
+            and message.epoch == self._epoch
             and not self._failed
         ):
             self._run()
 
     def _run(self) -> None:
-        generation, inbox, flush = self._generation, self._inbox, self._flush
-        batch = inbox.batch_for(generation)
+        epoch, ledger, flush = self._epoch, self._ledger, self._flush
+        batch = ledger.start_attempt(epoch)
         while batch is not None:
             started = time.perf_counter()
             try:
                 flush(batch)
             except BaseException as error:  # noqa: BLE001 - every failure is retried
                 # Run nothing more: until the supervisor retires this
-                # generation, a RunBatches already queued here would retry
+                # epoch, a RunBatches already queued here would retry
                 # the batch at once, beside the retry the supervisor makes.
                 self._failed = True
-                tell_quietly(self._supervisor, BatchFailed(generation, error))
+                tell_quietly(self._supervisor, BatchFailed(epoch, error))
                 return
             duration = time.perf_counter() - started
-            after = inbox.batch_done(generation)
+            after = ledger.complete(epoch)
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
             # Logged once counted: a late result of an abandoned attempt is not.
             hot_logger().debug(BATCH_FLUSHED, batch_size=len(batch), duration=duration)
             batch = after
-        tell_quietly(self._supervisor, BatchFlushed(generation))
+        tell_quietly(self._supervisor, BatchFlushed(epoch))
 
     def on_stop(self) -> None:
         """Report a death unless retired; close the flusher if it is its own.
@@ -133,7 +136,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._report_death()
         if self._owns_flusher:
             close_flusher(self._flusher)
-        self._inbox.actor_threads.discard(threading.get_ident())
+        self._threads.leave()
 
     def on_failure(
         self,
@@ -143,8 +146,8 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
     ) -> None:
         """Report a death (cannot happen through `flush`, which is guarded)."""
         self._report_death()
-        self._inbox.actor_threads.discard(threading.get_ident())
+        self._threads.leave()
 
     def _report_death(self) -> None:
         if not self._retired.is_set():
-            tell_quietly(self._supervisor, FlusherDied(self._generation))
+            tell_quietly(self._supervisor, FlusherDied(self._epoch))

@@ -31,6 +31,7 @@ KEY_FUNC_FAILED = "key_func_failed"
 UNKNOWN_MESSAGE = "unknown_message"
 FLUSHER_CLOSE_FAILED = "flusher_close_failed"
 RETRY_BACKOFF_FAILED = "retry_backoff_failed"
+PUSH_MANY_FAILED = "push_many_failed"
 
 DROP_LOG_INTERVAL = 1.0
 """Seconds between two `items_dropped` lines for the same reason."""

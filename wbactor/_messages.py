@@ -16,12 +16,15 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
+    "STALE",
     "BatchFailed",
     "BatchFlushed",
+    "Envelope",
     "Flush",
     "FlushTick",
     "Push",
     "PushMany",
+    "Stale",
     "tell_quietly",
 ]
 
@@ -107,22 +110,22 @@ class FlushTick(NamedTuple):
 class BatchFlushed(NamedTuple):
     """The flusher went idle after its batches succeeded (internal)."""
 
-    generation: int
-    """The flusher generation that reports it; stale ones are ignored."""
+    epoch: int
+    """The flusher epoch that reports it; stale ones are ignored."""
 
 
 class BatchDropped(NamedTuple):
     """The batch in flight ran out of retries and was dropped (internal)."""
 
-    generation: int
-    """The generation now current."""
+    epoch: int
+    """The epoch now current."""
 
 
 class BatchFailed(NamedTuple):
     """A flush attempt raised (internal)."""
 
-    generation: int
-    """The flusher generation that reports it; stale ones are ignored."""
+    epoch: int
+    """The flusher epoch that reports it; stale ones are ignored."""
 
     error: BaseException
     """What the flusher raised."""
@@ -131,8 +134,8 @@ class BatchFailed(NamedTuple):
 class FlusherDied(NamedTuple):
     """The flusher actor stopped without being asked to (internal)."""
 
-    generation: int
-    """The generation of the actor that died."""
+    epoch: int
+    """The epoch of the actor that died."""
 
 
 class Dispatched(NamedTuple):
@@ -142,15 +145,15 @@ class Dispatched(NamedTuple):
 class RunBatches(NamedTuple):
     """Flush the batch in flight, then any full batches queued (internal)."""
 
-    generation: int
-    """The generation the supervisor gave this flusher."""
+    epoch: int
+    """The epoch the supervisor gave this flusher."""
 
 
 class RestartDue(NamedTuple):
     """A retry backoff ran out: start a fresh flusher (internal)."""
 
-    generation: int
-    """The generation to start; stale ones are ignored."""
+    epoch: int
+    """The epoch to start; stale ones are ignored."""
 
     cause: str
     """Why the last flusher was retired: `error`, `timeout` or `died`."""
@@ -189,3 +192,20 @@ class AwaitFlush(NamedTuple):
 
 class BatchReady(NamedTuple):
     """A full batch is queued and the flusher is idle (internal wake-up)."""
+
+
+class Envelope(NamedTuple):
+    """What an actor loop reads: pykka's envelope shape (message, reply_to)."""
+
+    message: Any
+    reply_to: pykka.Future[Any] | None
+
+
+class Stale:
+    """Marker: the caller's epoch was replaced, so its result is not counted."""
+
+    def __repr__(self) -> str:
+        return "STALE"
+
+
+STALE = Stale()

@@ -1,14 +1,14 @@
 """The queue actor: decides when a batch goes, and answers `Flush`.
 
-Its mailbox is the policy inbox (`_inbox.py`), so pushes never reach this
-actor as messages. It is woken for control messages and when a full batch is
-waiting, and it hands a batch over when a full one waits, on each `FlushTick`,
-for a pending `Flush`, and while stopping; one batch in flight at a time.
+Its mailbox (`_mailbox.py`) hands pushes to the policy (`_admission.py`), so
+they never reach this actor as messages. It is woken for control messages
+and when a full batch is waiting, and it hands a batch over when a full one
+waits, on each `FlushTick`, for a pending `Flush`, and while stopping; one
+batch in flight at a time.
 """
 
 from __future__ import annotations
 
-import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
@@ -24,14 +24,16 @@ from wbactor._messages import (
     Schedule,
     tell_quietly,
 )
-from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
     from types import TracebackType
 
+    from wbactor._admission import Admission
     from wbactor._clock import Clock
-    from wbactor._inbox import PolicyInbox
+    from wbactor._drops import ActorThreads, DropReporter
+    from wbactor._ledger import Ledger
     from wbactor._log import DropLog
+    from wbactor._mailbox import Mailbox
 
 __all__ = ["QueueActor", "QueueRef"]
 
@@ -41,18 +43,18 @@ T = TypeVar("T")
 class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
     """The queue's `pykka.ActorRef`, with a short path for pushes.
 
-    `tell(Push(item))` and `tell(PushMany(items))` put the items straight into
-    the policy inbox, without building pykka's envelope; every other message
-    and method behaves exactly as pykka's.
+    `tell(Push(item))` and `tell(PushMany(items))` hand the items straight to
+    the policy, without building pykka's envelope; every other message and
+    method behaves exactly as pykka's.
     """
 
     def __init__(self, actor: QueueActor[Any]) -> None:
         """Reference `actor`."""
         super().__init__(actor)
-        self._inbox = actor.policy_inbox
-        # `tell` is the inbox's, bound to the policy: a push is then one call
-        # instead of two (~700 instructions of ~4,000 under callgrind).
-        self.tell = self._inbox.bind_tell(super().tell)  # type: ignore[method-assign,assignment]
+        self._admission = actor.admission
+        # `tell` is the policy's: a push is then one call instead of two
+        # (~700 instructions of ~4,000 under callgrind).
+        self.tell = self._admission.bind_tell(super().tell)  # type: ignore[method-assign,assignment]
 
     def tell(self, message: Any) -> None:
         """Send `message` without waiting; pushes go straight to the policy.
@@ -62,25 +64,33 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
         """
         # Shadowed by the instance's `tell`, set in __init__; this is the
         # same path, for a call through the class. No is_alive() check: the
-        # inbox raises ActorDeadError itself once the actor stopped, on its
+        # policy raises ActorDeadError itself once the actor stopped, on its
         # closed path, off the hot path.
-        self._inbox.tell(message)
+        self._admission.tell(message)
 
 
 class QueueActor(pykka.ThreadingActor, Generic[T]):
-    """Cuts batches from the policy inbox and hands them to the supervisor."""
+    """Cuts batches from the ledger and hands them to the supervisor."""
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
         *,
-        inbox: PolicyInbox[T],
+        ledger: Ledger[T],
+        mailbox: Mailbox[T],
+        admission: Admission[T],
+        drops: DropReporter[T],
+        threads: ActorThreads,
         flush_interval: float,
         clock: Clock,
         timer: pykka.ActorRef[Any],
         drop_log: DropLog,
     ) -> None:
-        """Make the queue actor around `inbox`."""
-        self.policy_inbox = inbox
+        """Make the queue actor over `ledger`, reading `mailbox`."""
+        self.ledger = ledger
+        self.mailbox = mailbox
+        self.admission = admission
+        self._drops = drops
+        self._threads = threads
         super().__init__()
         self._actor_ref = QueueRef(self)
         self._flush_interval = flush_interval
@@ -96,11 +106,11 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
 
     def _create_actor_inbox(self) -> Any:  # type: ignore[override]
         # pykka's inbox hook is a staticmethod; ours is built from the config.
-        return self.policy_inbox
+        return self.mailbox
 
     def on_start(self) -> None:
         """Schedule the first tick, `flush_interval` after start."""
-        self.policy_inbox.actor_threads.add(threading.get_ident())
+        self._threads.enter()
         self._schedule_tick()
 
     def on_stop(self) -> None:
@@ -110,15 +120,15 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         some other way (`wb.ref.stop()`, `ActorRegistry.stop_all()`), what
         is still queued or in flight is dropped with `closed`, not lost.
         """
-        inbox = self.policy_inbox
-        inbox.actor_threads.discard(threading.get_ident())
-        futures = inbox.mark_stopped()
+        self._threads.leave()
+        self.ledger.mark_stopped()
+        futures = self.mailbox.take_flushes()
         futures += [w.reply_to for w in self._waiters if w.reply_to is not None]
         self._waiters.clear()
         for future in futures:
             error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
             future.set_exception((pykka.ActorDeadError, error, None))
-        inbox.report_drops(inbox.abandon(), DropReason.CLOSED)
+        self._drops.report(*self.ledger.abandon())
         self._drop_log.flush_all()
         for ref in (self.supervisor, self._timer):
             if ref is not None:
@@ -144,7 +154,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
             self._waiters.append(message)
             self._settle()
         elif cls is FlushTick:
-            self.policy_inbox.mark_tick()
+            self.ledger.mark_tick()
             self._drop_log.flush_due()
             self._tick_owed = True
             self._dispatch(force=True)
@@ -157,7 +167,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         """Answer the flushes that are done; keep batches going for the rest."""
         waiters = self._waiters
         if waiters:
-            settled = self.policy_inbox.settled()
+            settled = self.ledger.settled()
             done = 0
             while done < len(waiters) and waiters[done].target <= settled:
                 reply_to = waiters[done].reply_to
@@ -168,12 +178,12 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._dispatch(force=bool(waiters))
 
     def _dispatch(self, *, force: bool) -> None:
-        inbox = self.policy_inbox
-        if inbox.dispatch(force=force or self._tick_owed):
+        ledger = self.ledger
+        if ledger.take(force=force or self._tick_owed):
             self._tick_owed = False
             assert self.supervisor is not None  # noqa: S101 - set before start
             tell_quietly(self.supervisor, Dispatched())
-        elif not inbox.depth():
+        elif not ledger.depth():
             self._tick_owed = False
 
     def _schedule_tick(self) -> None:

@@ -1,8 +1,8 @@
 """The supervisor: owns the flusher actor and decides what a failure means.
 
 When an attempt raises, hangs past `flush_timeout`, or the flusher actor dies,
-the supervisor retires that flusher (its generation ends, so anything it
-reports later is ignored), and after `retry_backoff(attempt)` on the timer
+the supervisor retires that flusher (its epoch ends, so anything it reports
+later is ignored), and after `retry_backoff(attempt)` on the timer
 starts a fresh one (from `flusher_factory`, when given) on the same batch.
 After `max_retries` retries the batch is dropped with `retries_exhausted`.
 """
@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pykka
 
 from wbactor._config import default_backoff
+from wbactor._errors import FlusherDiedError, FlushTimeoutError
 from wbactor._flusher import FlusherActor, close_flusher
 from wbactor._log import (
     FLUSH_FAILED,
@@ -41,19 +42,12 @@ from wbactor._stats import DropReason
 if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._config import Config, FlusherLike
-    from wbactor._inbox import PolicyInbox
+    from wbactor._drops import ActorThreads, DropReporter
+    from wbactor._ledger import Ledger
 
-__all__ = ["FlushTimeoutError", "FlusherDiedError", "SupervisorActor"]
+__all__ = ["SupervisorActor"]
 
 T = TypeVar("T")
-
-
-class FlushTimeoutError(Exception):
-    """A flush attempt ran past `flush_timeout` (the `error` of its log line)."""
-
-
-class FlusherDiedError(Exception):
-    """The flusher actor stopped without being asked (the `error` of its log line)."""
 
 
 class SupervisorActor(pykka.ThreadingActor, Generic[T]):
@@ -64,7 +58,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         *,
         config: Config[T],
         first_flusher: FlusherLike[T],
-        inbox: PolicyInbox[T],
+        ledger: Ledger[T],
+        drops: DropReporter[T],
+        threads: ActorThreads,
         clock: Clock,
         timer: pykka.ActorRef[Any],
         queue: pykka.ActorRef[Any],
@@ -72,13 +68,17 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         """Supervise flushers for `config`, starting with `first_flusher`."""
         super().__init__()
         self._config = config
-        self._inbox = inbox
+        self._ledger = ledger
+        self._drops = drops
+        self._threads = threads
         self._clock = clock
         self._timer = timer
         self._queue = queue
         self._backoff = config.retry_backoff or default_backoff
         self._first_flusher: FlusherLike[T] | None = first_flusher
         self._flusher: pykka.ActorRef[Any] | None = None
+        # The epoch of the current flusher, as the ledger's calls returned it.
+        self._epoch = ledger.attempt().epoch
         self._retired = threading.Event()
         # Retired flusher actors that are not hung, and their stop futures.
         self._stopping: list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]] = []
@@ -88,7 +88,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
 
     def on_start(self) -> None:
         """Start the first flusher actor."""
-        self._inbox.actor_threads.add(threading.get_ident())
+        self._threads.enter()
         flusher, self._first_flusher = self._first_flusher, None
         assert flusher is not None  # noqa: S101 - set in __init__
         self._spawn(flusher)
@@ -100,32 +100,33 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         returns with no actor left. An abandoned attempt may hang for good, so
         then the flusher is left to stop when (if) its flush returns.
         """
-        self._retire(hung=self._inbox.abandoned)
+        abandoned = self._ledger.abandoned
+        self._retire(hung=abandoned)
         for _, stopped in self._stopping:
             stopped.get()
         shared = self._config.flusher
-        if self._config.flusher_factory is None and not self._inbox.abandoned:
+        if self._config.flusher_factory is None and not abandoned:
             # The one flusher every actor used: closed once, when none uses it.
             close_flusher(shared)
-        self._inbox.actor_threads.discard(threading.get_ident())
+        self._threads.leave()
 
     def on_receive(self, message: Any) -> None:
         """Route outcomes from the flusher, the queue and the timer."""
         if isinstance(message, Dispatched):
             self._run()
         elif isinstance(message, BatchFailed):
-            self._failed(message.generation, message.error, "error")
+            self._failed(message.epoch, message.error, "error")
         elif isinstance(message, BatchFlushed):
-            if message.generation == self._inbox.generation:
-                tell_quietly(self._queue, BatchFlushed(message.generation))
+            if message.epoch == self._epoch:
+                tell_quietly(self._queue, BatchFlushed(message.epoch))
         elif isinstance(message, RestartDue):
-            if message.generation == self._inbox.generation and self._flusher is None:
+            if message.epoch == self._epoch and self._flusher is None:
                 self._restart(message.cause)
         elif isinstance(message, WatchdogDue):
             self._watchdog()
         elif isinstance(message, FlusherDied):
             error = FlusherDiedError("the flusher actor stopped unasked")
-            self._failed(message.generation, error, "died")
+            self._failed(message.epoch, error, "died")
 
     # -- flusher actors -----------------------------------------------------
 
@@ -133,8 +134,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._retired = threading.Event()
         self._flusher = FlusherActor.start(
             flusher=flusher,
-            generation=self._inbox.generation,
-            inbox=self._inbox,
+            epoch=self._epoch,
+            ledger=self._ledger,
+            threads=self._threads,
             supervisor=self.actor_ref,
             retired=self._retired,
             owns_flusher=self._config.flusher_factory is not None,
@@ -164,25 +166,25 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             try:
                 flusher = factory()
             except BaseException as error:  # noqa: BLE001 - a failed attempt, as in flush
-                # No actor runs this generation: fail it as if it had raised.
-                self._failed(self._inbox.generation, error, cause)
+                # No actor runs this epoch: fail it as if it had raised.
+                self._failed(self._epoch, error, cause)
                 return
         self._spawn(flusher)
-        restarts = self._inbox.count_restart()
+        restarts = self._ledger.count_restart()
         logger.warning(FLUSHER_RESTARTED, restarts=restarts, cause=cause)
         self._run()
 
     def _run(self) -> None:
         """Tell the flusher to run the batch in flight; watch it if timed."""
-        _, _, in_flight = self._inbox.attempt()
-        if self._flusher is None or not in_flight:
+        attempt = self._ledger.attempt()
+        if self._flusher is None or not attempt.in_flight:
             return  # a restart is pending and will run it, or nothing to run
         # Watch before running: the deadline must be fixed on the clock
         # before the attempt can start (and a test can see it start).
         if self._config.flush_timeout is not None and not self._watching:
             self._watching = True
             self._schedule(self._config.flush_timeout, WatchdogDue())
-        tell_quietly(self._flusher, RunBatches(self._inbox.generation))
+        tell_quietly(self._flusher, RunBatches(self._epoch))
 
     def _schedule(self, delay: float, message: Any, now: float | None = None) -> None:
         start = self._clock.now() if now is None else now
@@ -192,29 +194,29 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
 
     def _failed(
         self,
-        generation: int,
+        epoch: int,
         error: BaseException,
         cause: str,
         started: float | None = None,
     ) -> None:
         now = self._clock.now()  # read before the failure shows in Stats
-        outcome = self._inbox.record_failure(generation, started)
-        if outcome is None:
+        failed = self._ledger.fail(epoch, started)
+        if failed is None:
             return  # a stale report from a retired flusher
-        failures, batch_size = outcome
+        failures, batch_size, self._epoch = failed
         self._retire(hung=cause == "timeout")
         max_retries = self._config.max_retries
         if batch_size and 0 <= max_retries < failures:
-            items = self._inbox.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
+            dropped = self._ledger.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
             logger.error(
                 RETRIES_EXHAUSTED,
                 batch_size=batch_size,
                 attempts=failures,
                 error=describe(error),
             )
-            self._inbox.report_drops(items, DropReason.RETRIES_EXHAUSTED)
+            self._drops.report(*dropped)
             self._restart(cause)  # a fresh flusher for the next batch, at once
-            tell_quietly(self._queue, BatchDropped(self._inbox.generation))
+            tell_quietly(self._queue, BatchDropped(self._epoch))
             return
         # With nothing in flight (an idle flusher died, or a factory failed)
         # the restart still waits a first backoff, so a factory that keeps
@@ -229,7 +231,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
                 batch_size=batch_size,
                 error=describe(error),
             )
-        self._schedule(delay, RestartDue(self._inbox.generation, cause), now)
+        self._schedule(delay, RestartDue(self._epoch, cause), now)
 
     def _backoff_for(self, attempt: int) -> float:
         """Return `retry_backoff(attempt)`; on a bad answer, log it and use the default.
@@ -248,13 +250,13 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         """Fail the attempt in flight if it has run `flush_timeout` or more."""
         self._watching = False
         timeout = self._config.flush_timeout
-        generation, started, in_flight = self._inbox.attempt()
+        epoch, started, in_flight = self._ledger.attempt()
         if timeout is None or not in_flight or self._flusher is None:
             return  # idle, or a restart is pending and will watch again
         now = self._clock.now()
         if started is not None and now - started >= timeout:
             error = FlushTimeoutError(f"flush attempt exceeded {timeout} s")
-            self._failed(generation, error, "timeout", started)
+            self._failed(epoch, error, "timeout", started)
             return
         self._watching = True
         self._schedule(timeout, WatchdogDue(), now if started is None else started)

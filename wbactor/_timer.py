@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import pykka
 
-from wbactor._inbox import Envelope
-from wbactor._messages import Schedule, tell_quietly
+from wbactor._messages import Envelope, Schedule, tell_quietly
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock

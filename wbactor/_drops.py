@@ -1,0 +1,97 @@
+"""Drop reporting and the actor-thread guard: what every other room stands on.
+
+`DropReporter.report` hands dropped items to `on_drop` and the aggregated
+`items_dropped` log, always outside the ledger's lock (an `on_drop` that
+pushes back must not deadlock). `ActorThreads` knows which threads run this
+queue's actors, so user code on them is treated as the queue's own: it may
+not wait for the queue (which waits for it), and what it raises must not
+escape into pykka.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from wbactor._log import ON_DROP_FAILED, describe, logger
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    from wbactor._log import DropLog
+    from wbactor._stats import DropReason
+
+__all__ = ["ActorThreads", "DropReporter"]
+
+T = TypeVar("T")
+
+
+class ActorThreads:
+    """The threads of one queue's actors: they run user code for the queue."""
+
+    def __init__(self) -> None:
+        """Start with no thread."""
+        self._idents: set[int] = set()
+
+    def enter(self) -> None:
+        """Note that the calling thread is one of the queue's actors."""
+        self._idents.add(threading.get_ident())
+
+    def leave(self) -> None:
+        """Note that the calling actor thread is done."""
+        self._idents.discard(threading.get_ident())
+
+    def current(self) -> bool:
+        """Return whether the calling thread is one of the queue's actors."""
+        return threading.get_ident() in self._idents
+
+    def check_not_current(self, what: str) -> None:
+        """Raise RuntimeError if called from one of the queue's actor threads.
+
+        `flush()` and `stop()` wait for the actors; called from a flusher or
+        an `on_drop` running on one of them, they would wait for themselves.
+        """
+        if self.current():
+            msg = (
+                f"{what} called from inside the queue (a flusher, flusher_factory "
+                "or on_drop running on one of its actors) would wait for itself; "
+                "call it from another thread"
+            )
+            raise RuntimeError(msg)
+
+
+class DropReporter(Generic[T]):
+    """Counts drops into the log's aggregate and hands each item to `on_drop`."""
+
+    def __init__(
+        self,
+        drop_log: DropLog,
+        on_drop: Callable[[T, DropReason], object] | None,
+        threads: ActorThreads,
+    ) -> None:
+        """Report to `drop_log` and `on_drop`; `threads` decides what may escape."""
+        self._drop_log = drop_log
+        self._on_drop = on_drop
+        self._threads = threads
+
+    def report(self, items: Iterable[T], reason: DropReason) -> None:
+        """Log and hand dropped items to `on_drop`; call it without the lock."""
+        if items.__class__ is not list:
+            items = list(items)
+        if not items:
+            return
+        self._drop_log.note(reason, len(items))
+        on_drop = self._on_drop
+        if on_drop is None:
+            return
+        for item in items:
+            try:
+                on_drop(item, reason)
+            except BaseException as error:
+                # A KeyboardInterrupt or SystemExit belongs to a producer's
+                # thread; in an actor it would make pykka stop every actor.
+                if not isinstance(error, Exception) and not self._threads.current():
+                    raise
+                logger.warning(
+                    ON_DROP_FAILED, reason=reason.value, error=describe(error)
+                )

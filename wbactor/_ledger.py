@@ -1,0 +1,442 @@
+"""The ledger: the one lock-guarded record of where every item is.
+
+It owns the lock and its conditions, the `PolicyBuffer` (queued items, the
+batch in flight, the counters) and the attempt record of the batch in flight
+(`epoch`, `failures`, `started`, `abandoned`). Every actor and producer reads
+and writes the queue's state through its methods, which take the lock:
+admission (`_admission.py`), the mailbox (`_mailbox.py`), the queue actor, the
+flusher and the supervisor.
+
+Epochs fence out late results: each flusher runs for one epoch, and a
+failure or an abandon moves the epoch on, so a result reported for an older
+epoch is ignored (`STALE`). Callers learn the current epoch only from what
+these methods return.
+
+Nothing here calls user code or logs: what a method evicts it returns, as a
+list of items with their reason, and the caller reports it outside the lock
+(`_drops.py`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+
+import pykka
+
+from wbactor._buffer import PolicyBuffer
+from wbactor._messages import STALE, Stale
+from wbactor._stats import DropReason
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from wbactor._clock import Clock
+    from wbactor._config import Config
+    from wbactor._drops import ActorThreads
+    from wbactor._stats import Stats
+
+__all__ = ["Attempt", "Dropped", "Failed", "Ledger"]
+
+T = TypeVar("T")
+
+_CLOSED = DropReason.CLOSED
+_PUSH_TIMEOUT = DropReason.PUSH_TIMEOUT
+
+Dropped = tuple[list[T], DropReason]
+"""Items a ledger method evicted, and why: the caller reports them."""
+
+
+class Attempt(NamedTuple):
+    """What the supervisor needs to know of the attempt in flight."""
+
+    epoch: int
+    """The current epoch: only a flusher of this epoch may report."""
+
+    started: float | None
+    """Clock time the current attempt started; None if not started yet."""
+
+    in_flight: bool
+    """Whether a batch is in flight."""
+
+
+class Failed(NamedTuple):
+    """A failure the ledger counted (`Ledger.fail`)."""
+
+    failures: int
+    """Failed attempts of the batch in flight, this one included."""
+
+    batch_size: int
+    """Items in that batch; 0 if nothing was in flight."""
+
+    epoch: int
+    """The epoch that replaces the failed one."""
+
+
+class Ledger(Generic[T]):
+    """The lock, the `PolicyBuffer` it guards, and the attempt in flight."""
+
+    def __init__(self, config: Config[T], clock: Clock, threads: ActorThreads) -> None:
+        """Make an empty, open ledger for `config`."""
+        self.lock = threading.Lock()
+        self.wake = threading.Condition(self.lock)  # the queue actor waits here
+        self.room = threading.Condition(self.lock)  # BLOCK producers wait here
+        self._progress = threading.Condition(self.lock)  # outcomes, for waiters
+        self._clock = clock
+        self._threads = threads
+        self.buffer: PolicyBuffer[T] = PolicyBuffer(
+            config.capacity, config.policy, clock.now()
+        )
+        self.capacity = config.capacity
+        self._batch_size = config.batch_size
+        # The queues themselves, for admission's lock-free appends and look-ups.
+        self.items = self.buffer.items
+        self.by_key = self.buffer.by_key
+        self.closed = False  # takes no more items
+        self._stopped = False  # the queue actor stopped: its final Stats are taken
+        self.batch_ready = False  # the queue actor was woken for a full batch
+        self._room_waiters = 0
+        # The attempt record of the batch in flight.
+        self._epoch = 0
+        self._failures = 0
+        self._started: float | None = None
+        self._abandoned = False  # an attempt was given up on at stop: may hang
+        self.trigger = 0  # set by _retrigger()
+        self._retrigger()
+
+    # -- admission (producers' threads) -------------------------------------
+
+    def after_append(self) -> Dropped[T] | None:
+        """Act on a lock-free append that reached `trigger`; return what it evicts.
+
+        Evicts an overshoot of `capacity`, wakes the queue actor for a full
+        batch, or drops, with `closed`, an item appended after the final
+        accounting.
+        """
+        # Under a flood into a full queue every push comes here to evict one
+        # item, so this is a hot path too: acquire/release, not `with` (it
+        # looks up and binds __enter__ and __exit__ each time).
+        lock = self.lock
+        lock.acquire()
+        try:
+            buffer = self.buffer
+            if self._stopped:
+                return buffer.drop_queued(_CLOSED), _CLOSED
+            dropped = buffer.evict_overflow()
+            if buffer.in_flight is None:
+                self.note_batch_ready()
+        finally:
+            lock.release()
+        return (dropped, buffer.overflow_reason) if dropped else None
+
+    def evict_keyed(self) -> Dropped[T] | None:
+        """Evict (lock held) an overshoot of the keyed queue; wake for a full batch."""
+        dropped = self.buffer.evict_overflow()
+        self.note_batch_ready()
+        return (dropped, self.buffer.overflow_reason) if dropped else None
+
+    def refuse(self, items: list[T], reason: DropReason) -> Dropped[T]:
+        """Count items refused at the door; return them for reporting.
+
+        Raises:
+            pykka.ActorDeadError: refused as `closed` after the actor stopped.
+        """
+        with self.lock:
+            if reason is _CLOSED:
+                self.refuse_if_stopped()
+            for _ in items:
+                self.buffer.reject(reason)
+        return items, reason
+
+    def refuse_if_stopped(self) -> None:
+        """Raise (lock held) if the actor stopped: pykka's rule for a dead actor.
+
+        While stopping, told items are still counted (dropped with `closed`);
+        once stopped, `stop()` has taken its final `Stats`, so they are refused.
+        """
+        if self._stopped:
+            msg = "the queue actor has stopped"
+            raise pykka.ActorDeadError(msg)
+
+    def note_batch_ready(self) -> None:
+        """Wake the actor (lock held) if a full batch waits and none is in flight."""
+        buffer = self.buffer
+        if (
+            len(buffer) >= self._batch_size
+            and not self.batch_ready
+            and buffer.in_flight is None
+        ):
+            self.batch_ready = True
+            self.wake.notify()
+            self._retrigger()
+
+    def take_batch_ready(self) -> bool:
+        """Consume (lock held) the full-batch wake-up, if one is pending."""
+        if not self.batch_ready:
+            return False
+        self.batch_ready = False
+        self._retrigger()
+        return True
+
+    def wait_room(self, timeout: float | None) -> DropReason | None:
+        """Wait (lock held) for room under BLOCK; return why not, or None.
+
+        A push from one of the queue's own actors (a flusher or `on_drop`
+        pushing back) cannot wait: room is made by that very thread. It
+        times out at once instead of deadlocking.
+        """
+        if self._threads.current():
+            return _PUSH_TIMEOUT
+        # Producer waits are in real time: the producer's own time, not the clock's.
+        deadline = None if timeout is None else _monotonic() + timeout
+        self._room_waiters += 1
+        try:
+            buffer = self.buffer
+            while len(buffer) >= buffer.capacity:
+                if self.closed:
+                    return _CLOSED
+                remaining = remaining_until(deadline)
+                if remaining is not None and remaining <= 0:
+                    return _PUSH_TIMEOUT
+                self.room.wait(remaining)
+            return _CLOSED if self.closed else None
+        finally:
+            self._room_waiters -= 1
+
+    def _retrigger(self) -> None:
+        """Set (lock held) the queue length at which a lock-free push must act.
+
+        Idle and not yet woken: a full batch (to wake the actor). Busy or
+        woken: only an overshoot of `capacity` (to evict). Stopped: any push
+        (to refuse it). Writers set it under the lock and then read the
+        length, while a producer appends and then reads it, so one of the
+        two always sees the other.
+        """
+        if self._stopped:
+            self.trigger = 0
+        elif self.batch_ready or self.buffer.in_flight is not None:
+            self.trigger = self.capacity + 1
+        else:
+            self.trigger = min(self._batch_size, self.capacity + 1)
+
+    # -- batches (the queue actor) ------------------------------------------
+
+    def take(self, *, force: bool) -> bool:
+        """Put the next batch in flight if none is; return whether.
+
+        Without `force`, only a full batch goes.
+        """
+        with self.lock:
+            buffer = self.buffer
+            if buffer.in_flight is not None or not len(buffer):
+                return False
+            if not force and len(buffer) < self._batch_size:
+                return False
+            buffer.take(self._batch_size)
+            self._failures = 0
+            self._started = None
+            self._retrigger()
+            self._made_room()
+            return True
+
+    def settled(self) -> int:
+        """Return the position below which every item is flushed or dropped."""
+        with self.lock:
+            return self.buffer.settled()
+
+    def tail(self) -> int:
+        """Return (lock held) the position the next new item takes."""
+        return self.buffer.tail
+
+    def mark_tick(self) -> None:
+        """Note the tick's time, for `Stats.oldest_age`."""
+        now = self._clock.now()
+        with self.lock:
+            self.buffer.mark(now)
+
+    # -- attempts (the flusher) ---------------------------------------------
+
+    def start_attempt(self, epoch: int) -> list[T] | None:
+        """Return a copy of the batch in flight for `epoch`'s attempt, or None."""
+        with self.lock:
+            batch = self.buffer.in_flight
+            if epoch != self._epoch or batch is None:
+                return None
+            self._started = self._clock.now()
+            return list(batch)
+
+    def complete(self, epoch: int) -> list[T] | Stale | None:
+        """Count the batch in flight as flushed; return the next full batch.
+
+        Returns `STALE` (nothing counted) if `epoch` was replaced, and None
+        when no full batch waits: the flusher goes idle.
+        """
+        with self.lock:
+            if epoch != self._epoch:
+                return STALE
+            buffer = self.buffer
+            buffer.complete()
+            self._failures = 0
+            self._progress.notify_all()
+            self._retrigger()  # idle now: before reading the length, see there
+            if len(buffer) >= self._batch_size:
+                batch = buffer.take(self._batch_size)
+                self._retrigger()
+                self._made_room()
+                self._started = self._clock.now()
+                return list(batch)
+            self._started = None
+            return None
+
+    # -- failures (the supervisor) ------------------------------------------
+
+    def attempt(self) -> Attempt:
+        """Return the current epoch and its attempt."""
+        with self.lock:
+            in_flight = self.buffer.in_flight is not None
+            return Attempt(self._epoch, self._started, in_flight)
+
+    def fail(self, epoch: int, started: float | None = None) -> Failed | None:
+        """Count a failed attempt of `epoch` and retire that epoch.
+
+        Returns None if `epoch` was already replaced (a stale report) or,
+        when `started` is given, its attempt is no longer the one that
+        started then.
+        """
+        with self.lock:
+            if epoch != self._epoch:
+                return None
+            if started is not None and started != self._started:
+                return None
+            self._epoch += 1
+            self._started = None
+            batch = self.buffer.in_flight
+            if batch is None:
+                return Failed(0, 0, self._epoch)
+            self._failures += 1
+            self.buffer.retries += 1
+            self._progress.notify_all()
+            return Failed(self._failures, len(batch), self._epoch)
+
+    def drop_in_flight(self, reason: DropReason) -> Dropped[T]:
+        """Drop the batch in flight; return its items for reporting."""
+        with self.lock:
+            self._failures = 0
+            items = self.buffer.drop_in_flight(reason)
+            self._retrigger()
+            self._progress.notify_all()
+            return items, reason
+
+    def count_restart(self) -> int:
+        """Count a flusher restart; return the total."""
+        with self.lock:
+            self.buffer.restarts += 1
+            self._progress.notify_all()
+            return self.buffer.restarts
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Refuse new items from now on and release producers waiting for room."""
+        with self.lock:
+            self.closed = True
+            self.room.notify_all()
+
+    def mark_stopped(self) -> None:
+        """Note the queue actor stopped: refuse every push from now on."""
+        with self.lock:
+            self.closed = True
+            self._stopped = True
+            self._retrigger()
+            self.room.notify_all()
+
+    @property
+    def stopped(self) -> bool:
+        """Whether the queue actor stopped."""
+        return self._stopped
+
+    @property
+    def abandoned(self) -> bool:
+        """Whether an attempt was given up on at stop (it may hang for good)."""
+        return self._abandoned
+
+    def abandon(self) -> Dropped[T]:
+        """Give up on everything queued or in flight (stop ran out of time).
+
+        The epoch moves on, so a late result from a hung attempt is ignored.
+        Returns the items, now counted as dropped with `closed`.
+        """
+        with self.lock:
+            self._epoch += 1
+            self._started = None
+            buffer = self.buffer
+            if buffer.in_flight is not None:
+                self._abandoned = True
+            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
+            self._retrigger()
+            self._progress.notify_all()
+            return items, _CLOSED
+
+    # -- reading ------------------------------------------------------------
+
+    def depth(self) -> int:
+        """Return the items queued, not counting the batch in flight.
+
+        Never more than `capacity`, though for an instant the buffer may hold
+        one more item per producer pushing at that moment.
+        """
+        return min(len(self.buffer), self.capacity)
+
+    def stats(self) -> tuple[Stats, Dropped[T] | None]:
+        """Return a consistent snapshot, and the overshoot it evicted first."""
+        with self.lock:
+            return self._snapshot()
+
+    def _snapshot(self) -> tuple[Stats, Dropped[T] | None]:
+        """Snapshot the counters (lock held), first evicting any overshoot.
+
+        Evicting here is what lets `Stats.depth` never exceed `capacity`.
+        """
+        buffer = self.buffer
+        length = len(buffer)  # once: producers may append meanwhile
+        dropped = [] if self._stopped else buffer.evict_overflow(length)
+        stats = buffer.stats(self._clock.now(), length - len(dropped))
+        return stats, (dropped, buffer.overflow_reason) if dropped else None
+
+    def wait_progress(
+        self, predicate: Callable[[Stats], bool], timeout: float
+    ) -> tuple[Stats | None, Dropped[T] | None]:
+        """Wait until `predicate(stats)` holds after an outcome; None on timeout.
+
+        Outcomes are batch results, failures, restarts and drops of batches;
+        pushes do not wake waiters. Also returns what the snapshots evicted.
+        """
+        deadline = _monotonic() + timeout
+        evicted: list[T] = []
+        met: Stats | None = None
+        with self.lock:
+            while True:
+                stats, dropped = self._snapshot()
+                if dropped is not None:
+                    evicted += dropped[0]
+                if predicate(stats):
+                    met = stats
+                    break
+                remaining = deadline - _monotonic()
+                if remaining <= 0:
+                    break
+                self._progress.wait(remaining)
+        return met, (evicted, self.buffer.overflow_reason) if evicted else None
+
+    def _made_room(self) -> None:
+        if self._room_waiters:
+            self.room.notify_all()
+
+
+def remaining_until(deadline: float | None) -> float | None:
+    """Return the seconds left until `deadline` on the monotonic clock."""
+    return None if deadline is None else deadline - _monotonic()
+
+
+_monotonic = time.monotonic
