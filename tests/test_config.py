@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from typing import TYPE_CHECKING, Any
 
@@ -49,14 +50,39 @@ def assert_is_config_error_naming(err: Exception, field: str) -> None:
 
 
 def test_missing_capacity_raises_capacity_required_naming_capacity() -> None:
-    # As in the Go package: a zero (unset) capacity is "capacity required".
-    with pytest.raises(wbactor.CapacityRequiredError, match="capacity"):
-        wbactor.Config(flusher=write_batch)
+    # As in the Go package: an unset capacity is "capacity required". mypy
+    # refuses the call too (tests/typing/api.py); at run time it is this error.
+    with pytest.raises(wbactor.CapacityRequiredError) as info:
+        wbactor.Config(flusher=write_batch)  # type: ignore[call-arg]
+    assert type(info.value) is wbactor.CapacityRequiredError
+    assert str(info.value) == (
+        "capacity is required and must be a positive int (the most items to "
+        "hold while the store is slow), none given"
+    )
+
+
+def test_invalid_capacity_message_shows_the_value() -> None:
+    err = raised(wbactor.CapacityRequiredError, capacity=0)
+    assert str(err) == (
+        "capacity is required and must be a positive int (the most items to "
+        "hold while the store is slow), got 0"
+    )
 
 
 def test_nothing_given_fails_on_capacity_first() -> None:
     with pytest.raises(wbactor.CapacityRequiredError):
-        wbactor.Config()
+        wbactor.Config()  # type: ignore[call-arg]
+
+
+def test_the_capacity_default_is_a_sentinel_not_a_capacity() -> None:
+    # The typed signature has no default; the run-time one only marks "unset".
+    field = dataclasses.fields(wbactor.Config)[0]
+    assert field.name == "capacity"
+    assert field.default is not dataclasses.MISSING
+    assert not isinstance(field.default, int)
+    assert repr(field.default) == "<required>"
+    err = raised(wbactor.CapacityRequiredError, capacity=field.default)
+    assert "none given" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -332,16 +358,31 @@ def test_config_is_keyword_only() -> None:
         wbactor.Config(10, write_batch)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         wbactor.Config(10, flusher=write_batch)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        wbactor.Config(10, capacity=10, flusher=write_batch)  # type: ignore[misc]
+    params = inspect.signature(wbactor.Config).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+
+
+def test_config_has_slots_and_no_instance_dict() -> None:
+    cfg = make()
+    assert "__slots__" in vars(wbactor.Config)
+    assert not hasattr(cfg, "__dict__")
+    with pytest.raises((AttributeError, TypeError)):
+        object.__setattr__(cfg, "not_a_field", 1)
+
+
+def test_capacity_is_the_first_field() -> None:
+    assert dataclasses.fields(wbactor.Config)[0].name == "capacity"
 
 
 def test_config_fields_and_defaults_match_the_spec() -> None:
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(wbactor.Config)
-        if f.default is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING and f.name != "capacity"
     }
     assert defaults == {
-        "capacity": 0,  # unset: CapacityRequiredError
         "flusher": None,
         "batch_size": 100,
         "flush_interval": 1.0,

@@ -10,7 +10,7 @@ import enum
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
 
 from wbactor._errors import (
     CapacityRequiredError,
@@ -74,6 +74,19 @@ def default_backoff(attempt: int) -> float:
     return min(0.1 * 2.0 ** (min(attempt, _BACKOFF_CAPPED_FROM) - 1), 5.0)
 
 
+class _Required:
+    """The run-time default of a field the typed signature makes required."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+_REQUIRED: Final = _Required()
+"""Left in `capacity` when it is not given, so that `__post_init__` can say so."""
+
+
 def _is_positive_number(value: object) -> bool:
     return (
         isinstance(value, int | float)
@@ -100,9 +113,15 @@ class Config(Generic[T]):
     `ConfigError` subclass naming the field.
     """
 
-    capacity: int = 0
-    """Most items held in the queue (the batch in flight is not counted).
-    Required: leaving it out raises `CapacityRequiredError`."""
+    if TYPE_CHECKING:
+        # No default for a type checker, so leaving capacity out is its error;
+        # at run time the sentinel default below lets `__post_init__` raise
+        # CapacityRequiredError instead of a bare TypeError.
+        capacity: int
+        """Most items held in the queue (the batch in flight is not counted).
+        Required: leaving it out raises `CapacityRequiredError`."""
+    else:
+        capacity: int = _REQUIRED
 
     flusher: FlusherLike[T] | None = None
     """Writes batches: an object with `flush(batch)` or a callable. Required
@@ -151,10 +170,12 @@ class Config(Generic[T]):
 
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
-        if not _is_int(self.capacity) or self.capacity <= 0:
+        capacity: object = self.capacity
+        if not _is_int(capacity) or self.capacity <= 0:
+            given = "none given" if capacity is _REQUIRED else f"got {capacity!r}"
             msg = (
                 "capacity is required and must be a positive int (the most items "
-                f"to hold while the store is slow), got {self.capacity!r}"
+                f"to hold while the store is slow), {given}"
             )
             raise CapacityRequiredError(msg)
         if self.flusher is None and self.flusher_factory is None:

@@ -98,6 +98,12 @@ def ill_typed_configs() -> None:
         flusher=write_players,
         policy="drop_oldest",  # type: ignore[arg-type]
     )
+    # capacity has no default in the typed signature: leaving it out is an
+    # error (a default there would make this ignore unused, itself an error).
+    no_capacity: wbactor.Config[PlayerState] = wbactor.Config(  # type: ignore[call-arg]
+        flusher=write_players
+    )
+    positional = wbactor.Config(10, write_players)  # type: ignore[call-arg]
 
 
 def use_a_queue(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
