@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import typing
 from typing import TYPE_CHECKING, Any
 
 import pykka
@@ -370,6 +371,23 @@ def test_config_has_slots_and_no_instance_dict() -> None:
     assert not hasattr(cfg, "__dict__")
     with pytest.raises((AttributeError, TypeError)):
         object.__setattr__(cfg, "not_a_field", 1)
+
+
+def test_config_is_generic_in_the_item_type() -> None:
+    cfg = wbactor.Config[int](capacity=1, flusher=write_batch)
+    assert isinstance(cfg, wbactor.Config)
+    assert typing.get_origin(wbactor.Config[int]) is wbactor.Config
+    assert typing.get_args(wbactor.Config[int]) == (int,)
+
+
+def test_setting_an_unknown_attribute_is_a_frozen_instance_error() -> None:
+    cfg = make()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.not_a_field = 1  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del cfg.not_a_field  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del cfg.capacity
 
 
 def test_capacity_is_the_first_field() -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["Config", "Flusher", "FlusherLike", "Policy", "default_backoff"]
 
 T = TypeVar("T")
+_C = TypeVar("_C", bound=type)
 
 
 class Policy(enum.Enum):
@@ -104,6 +105,32 @@ def _is_flusher(value: object) -> bool:
     return callable(getattr(value, "flush", None)) or callable(value)
 
 
+def _repoint_frozen_setattr(cls: _C) -> _C:
+    """Make a frozen slots dataclass's `__setattr__` refer to the class it is on.
+
+    `dataclass(slots=True)` builds a second class, but the frozen
+    `__setattr__`/`__delattr__` it generated close over the first one, so
+    setting any non-field attribute raises a confusing `TypeError` from
+    `super()` instead of `FrozenInstanceError` (CPython gh-116669, fixed in
+    3.14). `typing` sets `__orig_class__` on the result of `Config[int](...)`
+    and tolerates only `AttributeError`, so without this the documented
+    generic call fails.
+    """
+    for name in ("__setattr__", "__delattr__"):
+        function = cls.__dict__.get(name)
+        for cell in getattr(function, "__closure__", None) or ():
+            old = cell.cell_contents
+            if (
+                isinstance(old, type)
+                and old is not cls
+                and old.__qualname__ == cls.__qualname__
+                and old.__module__ == cls.__module__
+            ):
+                cell.cell_contents = cls
+    return cls
+
+
+@_repoint_frozen_setattr
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config(Generic[T]):
     """How a queue is bounded, batched, flushed and retried.
