@@ -3,17 +3,15 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import threading
 import typing
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pykka
 import pytest
 
 import wbactor
 from wbactor.testing import ManualClock
-
-if TYPE_CHECKING:
-    import threading
 
 
 def write_batch(batch: list[int]) -> None:
@@ -241,6 +239,45 @@ def test_non_callable_key_func_is_refused_under_coalescing(value: object) -> Non
     assert_is_config_error_naming(info.value, "key_func")
 
 
+@pytest.mark.parametrize("name", ["", None, 1, b"players", ["players"]], ids=repr)
+def test_name_must_be_a_non_empty_str(name: object) -> None:
+    err = raised(wbactor.ConfigError, name=name)
+    assert_is_config_error_naming(err, "name")
+    assert repr(name) in str(err)
+
+
+@pytest.mark.parametrize("name", ["players", "q", "shard-7/positions", "é"])
+def test_any_non_empty_name_is_kept(name: str) -> None:
+    assert make(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        -0.001,
+        math.nan,
+        math.inf,
+        -math.inf,
+        threading.TIMEOUT_MAX * 2,
+        10**400,  # too large for a float: refused, not an OverflowError
+        True,
+        False,
+        "5",
+        None,
+    ],
+    ids=repr,
+)
+def test_exit_timeout_must_be_finite_non_negative_seconds(value: object) -> None:
+    err = raised(wbactor.ConfigError, exit_timeout=value)
+    assert_is_config_error_naming(err, "exit_timeout")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.001, 2, 5.0, threading.TIMEOUT_MAX])
+def test_exit_timeout_accepts_zero_up_to_timeout_max(value: float) -> None:
+    assert make(exit_timeout=value).exit_timeout == value
+
+
 class NowOnly:
     def now(self) -> float:
         return 0.0
@@ -319,6 +356,15 @@ def test_manual_and_monotonic_clocks_are_accepted() -> None:
                 "policy": wbactor.Policy.COALESCE_BY_KEY,
                 "max_retries": -2,
             },
+            wbactor.CoalesceNeedsKeyError,
+        ),
+        (
+            {"capacity": 0, "name": "", "exit_timeout": -1},
+            wbactor.CapacityRequiredError,
+        ),
+        ({"flusher": None, "name": 1}, wbactor.FlusherRequiredError),
+        (
+            {"policy": wbactor.Policy.COALESCE_BY_KEY, "exit_timeout": math.nan},
             wbactor.CoalesceNeedsKeyError,
         ),
         # then the rest
@@ -413,8 +459,31 @@ def test_config_fields_and_defaults_match_the_spec() -> None:
         "block_timeout": None,
         "flusher_factory": None,
         "clock": None,
+        "name": "wbactor",
+        "exit_timeout": 5.0,
     }
     assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
+
+
+def test_config_fields_come_in_the_documented_order() -> None:
+    # The new fields go last, so the rendered docs list them after the others.
+    assert [f.name for f in dataclasses.fields(wbactor.Config)] == [
+        "capacity",
+        "flusher",
+        "batch_size",
+        "flush_interval",
+        "policy",
+        "key_func",
+        "retry_backoff",
+        "max_retries",
+        "on_drop",
+        "flush_timeout",
+        "block_timeout",
+        "flusher_factory",
+        "clock",
+        "name",
+        "exit_timeout",
+    ]
 
 
 def test_a_minimal_config_takes_the_defaults() -> None:
@@ -430,6 +499,8 @@ def test_a_minimal_config_takes_the_defaults() -> None:
     assert cfg.block_timeout is None
     assert cfg.flusher_factory is None
     assert cfg.clock is None
+    assert cfg.name == "wbactor"
+    assert cfg.exit_timeout == 5.0
 
 
 def test_configs_with_equal_fields_are_equal() -> None:

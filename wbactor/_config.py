@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import enum
 import math
+import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Generic, Protocol, TypeGuard, TypeVar
 
 from wbactor._errors import (
     CapacityRequiredError,
@@ -95,6 +96,24 @@ def _is_positive_number(value: object) -> bool:
         and math.isfinite(value)
         and value > 0
     )
+
+
+def _is_number(value: object) -> TypeGuard[int | float]:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_duration(value: object, *, zero_ok: bool = False) -> bool:
+    """Return whether `value` is seconds a timer can wait for.
+
+    That is a number above 0 (or at least 0, with `zero_ok`), and at most
+    `threading.TIMEOUT_MAX`, past which `Condition.wait` raises
+    `OverflowError`. Comparisons rather than `math.isfinite`: NaN and the
+    infinities fail them, and an int too large for a float compares exactly.
+    """
+    if not _is_number(value):
+        return False
+    above_zero = value >= 0 if zero_ok else value > 0
+    return above_zero and value <= threading.TIMEOUT_MAX
 
 
 def _is_int(value: object) -> bool:
@@ -195,6 +214,16 @@ class Config(Generic[T]):
     """The time source; None means the monotonic clock. Tests pass a
     `wbactor.testing.ManualClock`."""
 
+    name: str = "wbactor"
+    """The queue's name, a non-empty str, to tell several queues apart: its log
+    lines carry it as `queue=name`, and its metrics as the `queue` attribute."""
+
+    exit_timeout: float = 5.0
+    """Seconds a process that exits without calling `stop()` spends draining
+    the queue; what is left then is dropped with `closed`. 0 means no drain:
+    everything still queued is dropped with `closed` at once. At least 0 and
+    at most `threading.TIMEOUT_MAX`."""
+
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
         capacity: object = self.capacity
@@ -224,6 +253,7 @@ class Config(Generic[T]):
         self._check_rest()
 
     def _check_rest(self) -> None:
+        """Check the fields after the three that come first, group by group."""
         policy: object = self.policy
         if not isinstance(policy, Policy):
             msg = f"policy must be a wbactor.Policy, got {policy!r}"
@@ -231,27 +261,43 @@ class Config(Generic[T]):
         if not _is_int(self.batch_size) or self.batch_size <= 0:
             msg = f"batch_size must be a positive int, got {self.batch_size!r}"
             raise ConfigError(msg)
-        if not _is_positive_number(self.flush_interval):
-            msg = (
-                "flush_interval must be a positive number of seconds, "
-                f"got {self.flush_interval!r}"
-            )
-            raise ConfigError(msg)
         if not _is_int(self.max_retries) or self.max_retries < -1:
             msg = (
                 "max_retries must be an int >= -1 (-1 retries forever), "
                 f"got {self.max_retries!r}"
             )
             raise ConfigError(msg)
-        for name in ("flush_timeout", "block_timeout"):
-            value = getattr(self, name)
+        self._check_durations()
+        self._check_hooks()
+        name: object = self.name
+        if not isinstance(name, str) or not name:
+            msg = f"name must be a non-empty str, got {name!r}"
+            raise ConfigError(msg)
+
+    def _check_durations(self) -> None:
+        if not _is_positive_number(self.flush_interval):
+            msg = (
+                "flush_interval must be a positive number of seconds, "
+                f"got {self.flush_interval!r}"
+            )
+            raise ConfigError(msg)
+        for field in ("flush_timeout", "block_timeout"):
+            value = getattr(self, field)
             if value is not None and not _is_positive_number(value):
-                msg = f"{name} must be None or a positive number, got {value!r}"
+                msg = f"{field} must be None or a positive number, got {value!r}"
                 raise ConfigError(msg)
-        for name in ("key_func", "retry_backoff", "on_drop"):
-            value = getattr(self, name)
+        if not _is_duration(self.exit_timeout, zero_ok=True):
+            msg = (
+                "exit_timeout must be a number of seconds >= 0 and <= "
+                f"threading.TIMEOUT_MAX, got {self.exit_timeout!r}"
+            )
+            raise ConfigError(msg)
+
+    def _check_hooks(self) -> None:
+        for field in ("key_func", "retry_backoff", "on_drop"):
+            value = getattr(self, field)
             if value is not None and not callable(value):
-                msg = f"{name} must be callable or None, got {value!r}"
+                msg = f"{field} must be callable or None, got {value!r}"
                 raise ConfigError(msg)
         clock = self.clock
         if clock is not None and not (

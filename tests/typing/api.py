@@ -67,8 +67,15 @@ def configs() -> list[wbactor.Config[PlayerState]]:
         flush_timeout=5.0,
         block_timeout=None,
         clock=clock,
+        name="players",
+        exit_timeout=2.5,
     )
     assert_type(with_object, wbactor.Config[PlayerState])
+    assert_type(with_object.name, str)
+    assert_type(with_object.exit_timeout, float)
+    no_drain: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10, flusher=write_players, exit_timeout=0
+    )
     with_function = wbactor.Config(capacity=10, flusher=write_players)
     assert_type(with_function, wbactor.Config[PlayerState])
     with_factory: wbactor.Config[PlayerState] = wbactor.Config(
@@ -80,7 +87,7 @@ def configs() -> list[wbactor.Config[PlayerState]]:
         key_func=lambda state: (state.player_id, round(state.x)),
         on_drop=lambda state, reason: (state.player_id, reason.value),
     )
-    return [with_object, with_function, with_factory, with_lambda]
+    return [with_object, with_function, with_factory, with_lambda, no_drain]
 
 
 def ill_typed_configs() -> None:
@@ -104,6 +111,16 @@ def ill_typed_configs() -> None:
         flusher=write_players
     )
     positional = wbactor.Config(10, write_players)  # type: ignore[call-arg]
+    bad_name: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10,
+        flusher=write_players,
+        name=None,  # type: ignore[arg-type]
+    )
+    bad_exit_timeout: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10,
+        flusher=write_players,
+        exit_timeout="5",  # type: ignore[arg-type]
+    )
 
 
 def use_a_queue(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
