@@ -185,15 +185,38 @@ def test_batch_size_must_be_a_positive_int(batch_size: object) -> None:
     assert_is_config_error_naming(err, "batch_size")
 
 
+TOO_LONG = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    threading.TIMEOUT_MAX * 2,
+    math.nextafter(threading.TIMEOUT_MAX, math.inf),
+    # too large for a float: refused, not an OverflowError
+    pytest.param(10**400, id="10**400"),
+]
+
+
 @pytest.mark.parametrize(
-    "interval", [0, 0.0, -1, -0.5, math.nan, math.inf, True, "1", None], ids=repr
+    "interval", [0, 0.0, -1, -0.5, True, "1", None, *TOO_LONG], ids=repr
 )
 def test_flush_interval_must_be_a_positive_finite_number(interval: object) -> None:
     err = raised(wbactor.ConfigError, flush_interval=interval)
     assert_is_config_error_naming(err, "flush_interval")
+    assert "TIMEOUT_MAX" in str(err)
 
 
-@pytest.mark.parametrize("interval", [0.001, 1, 2.5])
+@pytest.mark.parametrize(
+    "interval", [1e-9, 0.0001, 0.0009, math.nextafter(0.001, 0)], ids=repr
+)
+def test_flush_interval_below_a_millisecond_would_spin(interval: float) -> None:
+    err = raised(wbactor.ConfigError, flush_interval=interval)
+    assert_is_config_error_naming(err, "flush_interval")
+    assert repr(interval) in str(err)
+    assert "0.001" in str(err)
+    assert "spin" in str(err)
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.0011, 1, 2.5, threading.TIMEOUT_MAX])
 def test_positive_flush_intervals_are_accepted(interval: float) -> None:
     assert make(flush_interval=interval).flush_interval == interval
 
@@ -213,16 +236,32 @@ def test_max_retries_minus_one_zero_and_positive_are_kept_as_given(
 
 
 @pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
-@pytest.mark.parametrize("value", [0, 0.0, -1, -0.1, math.nan, True, "1"], ids=repr)
+@pytest.mark.parametrize(
+    "value", [0, 0.0, -1, -0.1, True, False, "1", *TOO_LONG], ids=repr
+)
 def test_timeouts_must_be_none_or_positive(field: str, value: object) -> None:
     err = raised(wbactor.ConfigError, **{field: value})
     assert_is_config_error_naming(err, field)
+    assert "TIMEOUT_MAX" in str(err)
 
 
 @pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
-@pytest.mark.parametrize("value", [None, 0.01, 5])
+@pytest.mark.parametrize("value", [None, 1e-6, 0.01, 5, threading.TIMEOUT_MAX])
 def test_timeouts_accept_none_and_positive_numbers(field: str, value: object) -> None:
     assert getattr(make(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize(
+    "field", ["flush_interval", "flush_timeout", "block_timeout", "exit_timeout"]
+)
+@pytest.mark.parametrize("value", TOO_LONG, ids=repr)
+def test_every_duration_is_finite_and_at_most_timeout_max(
+    field: str, value: object
+) -> None:
+    # A value past TIMEOUT_MAX would only fail later, in a Condition.wait.
+    err = raised(wbactor.ConfigError, **{field: value})
+    assert str(err).startswith(f"{field} must be")
+    assert str(err).endswith(f"got {value!r}")
 
 
 @pytest.mark.parametrize("field", ["on_drop", "retry_backoff", "key_func"])
@@ -260,7 +299,7 @@ def test_any_non_empty_name_is_kept(name: str) -> None:
         math.inf,
         -math.inf,
         threading.TIMEOUT_MAX * 2,
-        10**400,  # too large for a float: refused, not an OverflowError
+        pytest.param(10**400, id="10**400"),  # too large for a float
         True,
         False,
         "5",
@@ -363,6 +402,14 @@ def test_manual_and_monotonic_clocks_are_accepted() -> None:
             wbactor.CapacityRequiredError,
         ),
         ({"flusher": None, "name": 1}, wbactor.FlusherRequiredError),
+        (
+            {"flusher": None, "flush_interval": 0.0001, "block_timeout": math.inf},
+            wbactor.FlusherRequiredError,
+        ),
+        (
+            {"policy": wbactor.Policy.COALESCE_BY_KEY, "flush_interval": 1e-6},
+            wbactor.CoalesceNeedsKeyError,
+        ),
         (
             {"policy": wbactor.Policy.COALESCE_BY_KEY, "exit_timeout": math.nan},
             wbactor.CoalesceNeedsKeyError,

@@ -7,7 +7,6 @@ hot path has to.
 from __future__ import annotations
 
 import enum
-import math
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -62,6 +61,9 @@ FlusherLike = Flusher[T] | Callable[[list[T]], object]
 """A `Flusher`, or a plain callable taking the batch."""
 
 
+_MIN_FLUSH_INTERVAL: Final = 0.001
+"""The shortest `flush_interval`, in seconds: a shorter one would spin the timer."""
+
 _BACKOFF_CAPPED_FROM = 7  # 0.1 * 2**6 = 6.4 s, already past the 5 s cap
 
 
@@ -89,20 +91,11 @@ _REQUIRED: Final = _Required()
 """Left in `capacity` when it is not given, so that `__post_init__` can say so."""
 
 
-def _is_positive_number(value: object) -> bool:
-    return (
-        isinstance(value, int | float)
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _is_duration(value: object, *, zero_ok: bool = False) -> bool:
+def _is_duration(value: object, *, zero_ok: bool = False) -> TypeGuard[int | float]:
     """Return whether `value` is seconds a timer can wait for.
 
     That is a number above 0 (or at least 0, with `zero_ok`), and at most
@@ -156,7 +149,9 @@ class Config(Generic[T]):
 
     Every value is checked here, in this order: `capacity`, the flusher,
     `key_func` for coalescing, then the rest. A bad value raises a
-    `ConfigError` subclass naming the field.
+    `ConfigError` subclass naming the field. Every duration is in seconds,
+    finite and at most `threading.TIMEOUT_MAX` (the longest wait `threading`
+    accepts).
     """
 
     if TYPE_CHECKING:
@@ -178,7 +173,8 @@ class Config(Generic[T]):
 
     flush_interval: float = 1.0
     """Seconds between ticks; a tick flushes whatever is queued. It bounds how
-    long a healthy queue lets an item wait."""
+    long a healthy queue lets an item wait. At least 0.001 (a shorter interval
+    would spin) and at most `threading.TIMEOUT_MAX`."""
 
     policy: Policy = Policy.DROP_OLDEST
     """The overflow policy, applied when `capacity` items are queued."""
@@ -200,11 +196,13 @@ class Config(Generic[T]):
 
     flush_timeout: float | None = None
     """Seconds an attempt may run before it counts as failed and the flusher
-    is replaced; None means no limit."""
+    is replaced; None means no limit. Above 0 and at most
+    `threading.TIMEOUT_MAX`."""
 
     block_timeout: float | None = None
     """`Policy.BLOCK`: seconds a `tell(Push)` waits for room before the item is
-    dropped with `push_timeout`; None waits until room or stop."""
+    dropped with `push_timeout`; None waits until room or stop. Above 0 and at
+    most `threading.TIMEOUT_MAX`."""
 
     flusher_factory: Callable[[], FlusherLike[T]] | None = None
     """Makes a fresh flusher at start and at every restart, so a broken
@@ -275,16 +273,21 @@ class Config(Generic[T]):
             raise ConfigError(msg)
 
     def _check_durations(self) -> None:
-        if not _is_positive_number(self.flush_interval):
+        interval: object = self.flush_interval
+        if not _is_duration(interval) or interval < _MIN_FLUSH_INTERVAL:
             msg = (
-                "flush_interval must be a positive number of seconds, "
-                f"got {self.flush_interval!r}"
+                f"flush_interval must be a number of seconds >= {_MIN_FLUSH_INTERVAL}"
+                " (a shorter one would spin the timer) and <= "
+                f"threading.TIMEOUT_MAX, got {interval!r}"
             )
             raise ConfigError(msg)
         for field in ("flush_timeout", "block_timeout"):
             value = getattr(self, field)
-            if value is not None and not _is_positive_number(value):
-                msg = f"{field} must be None or a positive number, got {value!r}"
+            if value is not None and not _is_duration(value):
+                msg = (
+                    f"{field} must be None or a number of seconds > 0 and <= "
+                    f"threading.TIMEOUT_MAX, got {value!r}"
+                )
                 raise ConfigError(msg)
         if not _is_duration(self.exit_timeout, zero_ok=True):
             msg = (
