@@ -7,6 +7,7 @@ hot path has to.
 from __future__ import annotations
 
 import enum
+import math
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -23,7 +24,15 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._stats import DropReason
 
-__all__ = ["Config", "Flusher", "FlusherLike", "Policy", "default_backoff"]
+__all__ = [
+    "Config",
+    "Flusher",
+    "FlusherLike",
+    "Policy",
+    "check_wait_timeout",
+    "clamp_backoff",
+    "default_backoff",
+]
 
 T = TypeVar("T")
 _C = TypeVar("_C", bound=type)
@@ -64,6 +73,8 @@ FlusherLike = Flusher[T] | Callable[[list[T]], object]
 _MIN_FLUSH_INTERVAL: Final = 0.001
 """The shortest `flush_interval`, in seconds: a shorter one would spin the timer."""
 
+_BACKOFF_MAX: Final = 3600.0  # an hour: the longest retry backoff clamp_backoff allows
+
 _BACKOFF_CAPPED_FROM = 7  # 0.1 * 2**6 = 6.4 s, already past the 5 s cap
 
 
@@ -93,6 +104,76 @@ _REQUIRED: Final = _Required()
 
 def _is_number(value: object) -> TypeGuard[int | float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def check_wait_timeout(timeout: float | None, what: str) -> float | None:
+    """Check a `timeout` argument, such as `flush(timeout)` or `stop(timeout)`.
+
+    Meant to run before the call changes anything, so that a bad value
+    leaves the queue as it was. None and `math.inf` mean no limit, and so
+    does a finite value above `threading.TIMEOUT_MAX` (292 years on Linux,
+    49 days on Windows), which no `threading` wait accepts anyway.
+
+    Args:
+        timeout: Seconds to wait, or None for no limit.
+        what: Names the argument in the error message, e.g. `"stop() timeout"`.
+
+    Returns:
+        The seconds as a `float` (at least 0.0), or None for no limit.
+
+    Raises:
+        TypeError: `timeout` is not None, an int or a float (a bool is refused
+            too: `flush(True)` is a mistake, not one second).
+        ValueError: `timeout` is NaN or negative.
+    """
+    if timeout is None:
+        return None
+    value: object = timeout
+    if not _is_number(value):
+        msg = f"{what} must be None or a number of seconds, got {type(value).__name__}"
+        raise TypeError(msg)
+    if isinstance(value, float) and math.isnan(value):
+        msg = f"{what} must be None or a number of seconds, got nan"
+        raise ValueError(msg)
+    if value < 0:
+        msg = f"{what} must be None or at least 0 seconds, got {value!r}"
+        raise ValueError(msg)
+    if value > threading.TIMEOUT_MAX:  # math.inf too, and ints past any float
+        return None
+    return float(value) + 0.0  # + 0.0 turns -0.0 into 0.0
+
+
+def clamp_backoff(delay: object) -> float:
+    """Return a `retry_backoff` result as seconds within `[0, 3600]`.
+
+    `retry_backoff` is user code: a negative delay or NaN means no wait (0.0),
+    and anything above an hour (`math.inf` included) waits an hour, so that a
+    bad answer can neither overflow the timer nor park a batch for ever.
+
+    Args:
+        delay: What `retry_backoff(attempt)` returned.
+
+    Returns:
+        The delay as a `float`, clamped to `[0.0, 3600.0]`.
+
+    Raises:
+        TypeError: `delay` is not an int or a float (a bool is refused too);
+            the caller logs that and falls back to `default_backoff`.
+    """
+    if not _is_number(delay):
+        # The type only: this runs on an actor, and a hostile repr() may raise.
+        msg = (
+            f"retry_backoff must return a number of seconds, got {type(delay).__name__}"
+        )
+        raise TypeError(msg)
+    if isinstance(delay, float) and math.isnan(delay):
+        return 0.0
+    # Compare before converting: an int too large for a float compares fine.
+    if delay >= _BACKOFF_MAX:
+        return _BACKOFF_MAX
+    if delay <= 0:
+        return 0.0
+    return float(delay)
 
 
 def _is_duration(value: object, *, zero_ok: bool = False) -> TypeGuard[int | float]:
