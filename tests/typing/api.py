@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import assert_type
+from typing import Any, assert_type
 
 import wbactor
 import wbactor.testing
@@ -145,6 +145,8 @@ def use_a_queue(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
     assert_type(stats.dropped, Mapping[wbactor.DropReason, int])
     assert_type(stats.dropped_total, int)
     assert_type(stats.oldest_age, float)
+    assert_type(stats.as_dict(), dict[str, Any])
+    stats.dropped[wbactor.DropReason.CLOSED] = 1  # type: ignore[index]
 
 
 def use_a_context_manager(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
