@@ -194,6 +194,7 @@ def errors() -> None:
         assert_type(err, wbactor.CapacityRequiredError)
     except wbactor.ConfigError as err:
         assert_type(err, wbactor.ConfigError)
+    assert_type(wbactor.__version__, str)
     reason: str = wbactor.DropReason.CLOSED
     delay: float = wbactor.default_backoff(3)
     del reason, delay
