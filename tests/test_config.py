@@ -1,17 +1,17 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-from typing import TYPE_CHECKING, Any
+import threading
+import typing
+from typing import Any
 
 import pykka
 import pytest
 
 import wbactor
 from wbactor.testing import ManualClock
-
-if TYPE_CHECKING:
-    import threading
 
 
 def write_batch(batch: list[int]) -> None:
@@ -49,14 +49,39 @@ def assert_is_config_error_naming(err: Exception, field: str) -> None:
 
 
 def test_missing_capacity_raises_capacity_required_naming_capacity() -> None:
-    # As in the Go package: a zero (unset) capacity is "capacity required".
-    with pytest.raises(wbactor.CapacityRequiredError, match="capacity"):
-        wbactor.Config(flusher=write_batch)
+    # As in the Go package: an unset capacity is "capacity required". mypy
+    # refuses the call too (tests/typing/api.py); at run time it is this error.
+    with pytest.raises(wbactor.CapacityRequiredError) as info:
+        wbactor.Config(flusher=write_batch)  # type: ignore[call-arg]
+    assert type(info.value) is wbactor.CapacityRequiredError
+    assert str(info.value) == (
+        "capacity is required and must be a positive int (the most items to "
+        "hold while the store is slow), none given"
+    )
+
+
+def test_invalid_capacity_message_shows_the_value() -> None:
+    err = raised(wbactor.CapacityRequiredError, capacity=0)
+    assert str(err) == (
+        "capacity is required and must be a positive int (the most items to "
+        "hold while the store is slow), got 0"
+    )
 
 
 def test_nothing_given_fails_on_capacity_first() -> None:
     with pytest.raises(wbactor.CapacityRequiredError):
-        wbactor.Config()
+        wbactor.Config()  # type: ignore[call-arg]
+
+
+def test_the_capacity_default_is_a_sentinel_not_a_capacity() -> None:
+    # The typed signature has no default; the run-time one only marks "unset".
+    field = dataclasses.fields(wbactor.Config)[0]
+    assert field.name == "capacity"
+    assert field.default is not dataclasses.MISSING
+    assert not isinstance(field.default, int)
+    assert repr(field.default) == "<required>"
+    err = raised(wbactor.CapacityRequiredError, capacity=field.default)
+    assert "none given" in str(err)
 
 
 @pytest.mark.parametrize(
@@ -160,15 +185,38 @@ def test_batch_size_must_be_a_positive_int(batch_size: object) -> None:
     assert_is_config_error_naming(err, "batch_size")
 
 
+TOO_LONG = [
+    math.inf,
+    -math.inf,
+    math.nan,
+    threading.TIMEOUT_MAX * 2,
+    math.nextafter(threading.TIMEOUT_MAX, math.inf),
+    # too large for a float: refused, not an OverflowError
+    pytest.param(10**400, id="10**400"),
+]
+
+
 @pytest.mark.parametrize(
-    "interval", [0, 0.0, -1, -0.5, math.nan, math.inf, True, "1", None], ids=repr
+    "interval", [0, 0.0, -1, -0.5, True, "1", None, *TOO_LONG], ids=repr
 )
 def test_flush_interval_must_be_a_positive_finite_number(interval: object) -> None:
     err = raised(wbactor.ConfigError, flush_interval=interval)
     assert_is_config_error_naming(err, "flush_interval")
+    assert "TIMEOUT_MAX" in str(err)
 
 
-@pytest.mark.parametrize("interval", [0.001, 1, 2.5])
+@pytest.mark.parametrize(
+    "interval", [1e-9, 0.0001, 0.0009, math.nextafter(0.001, 0)], ids=repr
+)
+def test_flush_interval_below_a_millisecond_would_spin(interval: float) -> None:
+    err = raised(wbactor.ConfigError, flush_interval=interval)
+    assert_is_config_error_naming(err, "flush_interval")
+    assert repr(interval) in str(err)
+    assert "0.001" in str(err)
+    assert "spin" in str(err)
+
+
+@pytest.mark.parametrize("interval", [0.001, 0.0011, 1, 2.5, threading.TIMEOUT_MAX])
 def test_positive_flush_intervals_are_accepted(interval: float) -> None:
     assert make(flush_interval=interval).flush_interval == interval
 
@@ -188,16 +236,32 @@ def test_max_retries_minus_one_zero_and_positive_are_kept_as_given(
 
 
 @pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
-@pytest.mark.parametrize("value", [0, 0.0, -1, -0.1, math.nan, True, "1"], ids=repr)
+@pytest.mark.parametrize(
+    "value", [0, 0.0, -1, -0.1, True, False, "1", *TOO_LONG], ids=repr
+)
 def test_timeouts_must_be_none_or_positive(field: str, value: object) -> None:
     err = raised(wbactor.ConfigError, **{field: value})
     assert_is_config_error_naming(err, field)
+    assert "TIMEOUT_MAX" in str(err)
 
 
 @pytest.mark.parametrize("field", ["flush_timeout", "block_timeout"])
-@pytest.mark.parametrize("value", [None, 0.01, 5])
+@pytest.mark.parametrize("value", [None, 1e-6, 0.01, 5, threading.TIMEOUT_MAX])
 def test_timeouts_accept_none_and_positive_numbers(field: str, value: object) -> None:
     assert getattr(make(**{field: value}), field) == value
+
+
+@pytest.mark.parametrize(
+    "field", ["flush_interval", "flush_timeout", "block_timeout", "exit_timeout"]
+)
+@pytest.mark.parametrize("value", TOO_LONG, ids=repr)
+def test_every_duration_is_finite_and_at_most_timeout_max(
+    field: str, value: object
+) -> None:
+    # A value past TIMEOUT_MAX would only fail later, in a Condition.wait.
+    err = raised(wbactor.ConfigError, **{field: value})
+    assert str(err).startswith(f"{field} must be")
+    assert str(err).endswith(f"got {value!r}")
 
 
 @pytest.mark.parametrize("field", ["on_drop", "retry_backoff", "key_func"])
@@ -212,6 +276,45 @@ def test_non_callable_key_func_is_refused_under_coalescing(value: object) -> Non
     with pytest.raises(wbactor.ConfigError) as info:
         make(policy=wbactor.Policy.COALESCE_BY_KEY, key_func=value)
     assert_is_config_error_naming(info.value, "key_func")
+
+
+@pytest.mark.parametrize("name", ["", None, 1, b"players", ["players"]], ids=repr)
+def test_name_must_be_a_non_empty_str(name: object) -> None:
+    err = raised(wbactor.ConfigError, name=name)
+    assert_is_config_error_naming(err, "name")
+    assert repr(name) in str(err)
+
+
+@pytest.mark.parametrize("name", ["players", "q", "shard-7/positions", "é"])
+def test_any_non_empty_name_is_kept(name: str) -> None:
+    assert make(name=name).name == name
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        -1,
+        -0.001,
+        math.nan,
+        math.inf,
+        -math.inf,
+        threading.TIMEOUT_MAX * 2,
+        pytest.param(10**400, id="10**400"),  # too large for a float
+        True,
+        False,
+        "5",
+        None,
+    ],
+    ids=repr,
+)
+def test_exit_timeout_must_be_finite_non_negative_seconds(value: object) -> None:
+    err = raised(wbactor.ConfigError, exit_timeout=value)
+    assert_is_config_error_naming(err, "exit_timeout")
+
+
+@pytest.mark.parametrize("value", [0, 0.0, 0.001, 2, 5.0, threading.TIMEOUT_MAX])
+def test_exit_timeout_accepts_zero_up_to_timeout_max(value: float) -> None:
+    assert make(exit_timeout=value).exit_timeout == value
 
 
 class NowOnly:
@@ -294,6 +397,23 @@ def test_manual_and_monotonic_clocks_are_accepted() -> None:
             },
             wbactor.CoalesceNeedsKeyError,
         ),
+        (
+            {"capacity": 0, "name": "", "exit_timeout": -1},
+            wbactor.CapacityRequiredError,
+        ),
+        ({"flusher": None, "name": 1}, wbactor.FlusherRequiredError),
+        (
+            {"flusher": None, "flush_interval": 0.0001, "block_timeout": math.inf},
+            wbactor.FlusherRequiredError,
+        ),
+        (
+            {"policy": wbactor.Policy.COALESCE_BY_KEY, "flush_interval": 1e-6},
+            wbactor.CoalesceNeedsKeyError,
+        ),
+        (
+            {"policy": wbactor.Policy.COALESCE_BY_KEY, "exit_timeout": math.nan},
+            wbactor.CoalesceNeedsKeyError,
+        ),
         # then the rest
         ({"policy": "drop_oldest", "batch_size": 0}, wbactor.ConfigError),
     ],
@@ -332,16 +452,48 @@ def test_config_is_keyword_only() -> None:
         wbactor.Config(10, write_batch)  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         wbactor.Config(10, flusher=write_batch)  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        wbactor.Config(10, capacity=10, flusher=write_batch)  # type: ignore[misc]
+    params = inspect.signature(wbactor.Config).parameters.values()
+    assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params)
+
+
+def test_config_has_slots_and_no_instance_dict() -> None:
+    cfg = make()
+    assert "__slots__" in vars(wbactor.Config)
+    assert not hasattr(cfg, "__dict__")
+    with pytest.raises((AttributeError, TypeError)):
+        object.__setattr__(cfg, "not_a_field", 1)
+
+
+def test_config_is_generic_in_the_item_type() -> None:
+    cfg = wbactor.Config[int](capacity=1, flusher=write_batch)
+    assert isinstance(cfg, wbactor.Config)
+    assert typing.get_origin(wbactor.Config[int]) is wbactor.Config
+    assert typing.get_args(wbactor.Config[int]) == (int,)
+
+
+def test_setting_an_unknown_attribute_is_a_frozen_instance_error() -> None:
+    cfg = make()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.not_a_field = 1  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del cfg.not_a_field  # type: ignore[attr-defined]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del cfg.capacity
+
+
+def test_capacity_is_the_first_field() -> None:
+    assert dataclasses.fields(wbactor.Config)[0].name == "capacity"
 
 
 def test_config_fields_and_defaults_match_the_spec() -> None:
     defaults = {
         f.name: f.default
         for f in dataclasses.fields(wbactor.Config)
-        if f.default is not dataclasses.MISSING
+        if f.default is not dataclasses.MISSING and f.name != "capacity"
     }
     assert defaults == {
-        "capacity": 0,  # unset: CapacityRequiredError
         "flusher": None,
         "batch_size": 100,
         "flush_interval": 1.0,
@@ -354,8 +506,31 @@ def test_config_fields_and_defaults_match_the_spec() -> None:
         "block_timeout": None,
         "flusher_factory": None,
         "clock": None,
+        "name": "wbactor",
+        "exit_timeout": 5.0,
     }
     assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
+
+
+def test_config_fields_come_in_the_documented_order() -> None:
+    # The new fields go last, so the rendered docs list them after the others.
+    assert [f.name for f in dataclasses.fields(wbactor.Config)] == [
+        "capacity",
+        "flusher",
+        "batch_size",
+        "flush_interval",
+        "policy",
+        "key_func",
+        "retry_backoff",
+        "max_retries",
+        "on_drop",
+        "flush_timeout",
+        "block_timeout",
+        "flusher_factory",
+        "clock",
+        "name",
+        "exit_timeout",
+    ]
 
 
 def test_a_minimal_config_takes_the_defaults() -> None:
@@ -371,6 +546,8 @@ def test_a_minimal_config_takes_the_defaults() -> None:
     assert cfg.block_timeout is None
     assert cfg.flusher_factory is None
     assert cfg.clock is None
+    assert cfg.name == "wbactor"
+    assert cfg.exit_timeout == 5.0
 
 
 def test_configs_with_equal_fields_are_equal() -> None:

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import importlib.metadata
 import inspect
+import pathlib
 import subprocess
 import sys
+import tomllib
 import types
 import typing
 from typing import Any
@@ -116,6 +119,46 @@ def test_importing_wbactor_does_not_configure_structlog() -> None:
         check=True,
     )
     assert result.stdout.strip() == "False"
+
+
+# -- __version__ ------------------------------------------------------------
+
+
+def test_version_is_the_installed_package_version() -> None:
+    assert isinstance(wbactor.__version__, str)
+    assert wbactor.__version__ == importlib.metadata.version("wbactor")
+
+
+def test_version_matches_pyproject() -> None:
+    pyproject = pathlib.Path(__file__).parent.parent / "pyproject.toml"
+    if not pyproject.is_file():
+        pytest.skip("no pyproject.toml next to the tests")
+    with pyproject.open("rb") as file:
+        assert wbactor.__version__ == tomllib.load(file)["project"]["version"]
+
+
+def test_version_is_not_a_star_export() -> None:
+    # A module attribute by convention, not an API name: `import *` skips it.
+    assert "__version__" not in wbactor.__all__
+
+
+def test_version_falls_back_when_the_package_is_not_installed() -> None:
+    code = (
+        "import importlib.metadata as m\n"
+        "def missing(name):\n"
+        "    raise m.PackageNotFoundError(name)\n"
+        "m.version = missing\n"
+        "import wbactor\n"
+        "print(wbactor.__version__)\n"
+    )
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    )
+    assert result.stdout.strip() == "0+unknown"
 
 
 # -- Push and PushMany ------------------------------------------------------

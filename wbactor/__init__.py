@@ -5,6 +5,8 @@ policy, batches, and hands each batch to your flusher, retrying failures with
 backoff under supervision.
 """
 
+from importlib import metadata as _metadata
+
 from wbactor._api import WriteBehind, start
 from wbactor._clock import Clock, MonotonicClock
 from wbactor._config import Config, Flusher, FlusherLike, Policy, default_backoff
@@ -19,6 +21,11 @@ from wbactor._errors import (
 )
 from wbactor._messages import Flush, FlushTick, Push, PushMany
 from wbactor._stats import DropReason, Stats
+
+try:
+    __version__: str = _metadata.version("wbactor")
+except _metadata.PackageNotFoundError:  # imported from a tree never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CapacityRequiredError",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
-from typing import assert_type
+from typing import Any, assert_type
 
 import wbactor
 import wbactor.testing
@@ -67,8 +67,15 @@ def configs() -> list[wbactor.Config[PlayerState]]:
         flush_timeout=5.0,
         block_timeout=None,
         clock=clock,
+        name="players",
+        exit_timeout=2.5,
     )
     assert_type(with_object, wbactor.Config[PlayerState])
+    assert_type(with_object.name, str)
+    assert_type(with_object.exit_timeout, float)
+    no_drain: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10, flusher=write_players, exit_timeout=0
+    )
     with_function = wbactor.Config(capacity=10, flusher=write_players)
     assert_type(with_function, wbactor.Config[PlayerState])
     with_factory: wbactor.Config[PlayerState] = wbactor.Config(
@@ -80,7 +87,7 @@ def configs() -> list[wbactor.Config[PlayerState]]:
         key_func=lambda state: (state.player_id, round(state.x)),
         on_drop=lambda state, reason: (state.player_id, reason.value),
     )
-    return [with_object, with_function, with_factory, with_lambda]
+    return [with_object, with_function, with_factory, with_lambda, no_drain]
 
 
 def ill_typed_configs() -> None:
@@ -97,6 +104,22 @@ def ill_typed_configs() -> None:
         capacity=10,
         flusher=write_players,
         policy="drop_oldest",  # type: ignore[arg-type]
+    )
+    # capacity has no default in the typed signature: leaving it out is an
+    # error (a default there would make this ignore unused, itself an error).
+    no_capacity: wbactor.Config[PlayerState] = wbactor.Config(  # type: ignore[call-arg]
+        flusher=write_players
+    )
+    positional = wbactor.Config(10, write_players)  # type: ignore[call-arg]
+    bad_name: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10,
+        flusher=write_players,
+        name=None,  # type: ignore[arg-type]
+    )
+    bad_exit_timeout: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=10,
+        flusher=write_players,
+        exit_timeout="5",  # type: ignore[arg-type]
     )
 
 
@@ -122,6 +145,8 @@ def use_a_queue(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
     assert_type(stats.dropped, Mapping[wbactor.DropReason, int])
     assert_type(stats.dropped_total, int)
     assert_type(stats.oldest_age, float)
+    assert_type(stats.as_dict(), dict[str, Any])
+    stats.dropped[wbactor.DropReason.CLOSED] = 1  # type: ignore[index]
 
 
 def use_a_context_manager(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
@@ -169,6 +194,7 @@ def errors() -> None:
         assert_type(err, wbactor.CapacityRequiredError)
     except wbactor.ConfigError as err:
         assert_type(err, wbactor.ConfigError)
+    assert_type(wbactor.__version__, str)
     reason: str = wbactor.DropReason.CLOSED
     delay: float = wbactor.default_backoff(3)
     del reason, delay
