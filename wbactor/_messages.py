@@ -73,8 +73,12 @@ class Push(Generic[T]):
 class PushMany(Generic[T]):
     """Queue many items in one message: `wb.ref.tell(PushMany(items))`.
 
-    The items are taken in order, under the policy, as if pushed one by one
-    (under `Policy.BLOCK`, `block_timeout` bounds the whole message).
+    The items are taken in order, under the policy, as if pushed one by one,
+    and lazily: the iterable is consumed a chunk at a time, so memory stays
+    bounded by `capacity` whatever its length (under `Policy.BLOCK`,
+    `block_timeout` bounds each item's wait). If the iterable raises, the
+    items before stay accepted, `push_many_failed` is logged, and nothing
+    after is taken.
     """
 
     __slots__ = ("items",)
