@@ -130,7 +130,7 @@ class Admitted(Generic[T]):
         from wbactor._admission import admission_for  # noqa: PLC0415 - internals
         from wbactor._drops import ActorThreads, DropReporter  # noqa: PLC0415
         from wbactor._ledger import Ledger  # noqa: PLC0415
-        from wbactor._log import DropLog  # noqa: PLC0415
+        from wbactor._log import DropLog, QueueLog  # noqa: PLC0415
         from wbactor.testing import ManualClock  # noqa: PLC0415
 
         config: wbactor.Config[T] = wbactor.Config(
@@ -142,15 +142,17 @@ class Admitted(Generic[T]):
         )
         clock = ManualClock(now)
         threads = ActorThreads()
+        log = QueueLog("admitted")
         self.dropped_calls: list[tuple[T, wbactor.DropReason]] = []
         drops: DropReporter[T] = DropReporter(
-            DropLog(clock),
+            DropLog(clock, log),
             lambda item, reason: self.dropped_calls.append((item, reason)),
             threads,
+            log,
         )
         self.ledger: Ledger[T] = Ledger(config, clock, threads)
         self.buf = self.ledger.buffer
-        self._admission = admission_for(config, self.ledger, drops)
+        self._admission = admission_for(config, self.ledger, drops, log)
         self._blocking = policy is wbactor.Policy.BLOCK
 
     def push(self, item: T) -> tuple[T] | None:

@@ -69,7 +69,7 @@ def test_items_dropped_is_aggregated_to_one_line_per_reason_per_second(
     assert sum(entry["count"] for entry in dropped) == 1090
     assert len(dropped) == 3
     for entry in dropped:
-        assert entry.keys() == {"event", "log_level", "reason", "count"}
+        assert entry.keys() == {"event", "log_level", "queue", "reason", "count"}
         assert (entry["log_level"], entry["reason"]) == ("warning", "drop_oldest")
     assert flusher.items == [item(n) for n in range(1090, 1100)]
     assert_no_item_contents(logs)
@@ -100,6 +100,7 @@ def test_flush_failed_flusher_restarted_and_batch_flushed_carry_their_keys(
     failed = {
         "event": "flush_failed",
         "log_level": "warning",
+        "queue": "wbactor",
         "max_retries": 3,
         "batch_size": 3,
         "error": "ConnectionError: connection reset by peer",
@@ -108,13 +109,17 @@ def test_flush_failed_flusher_restarted_and_batch_flushed_carry_their_keys(
         {**failed, "attempt": 1, "retry_in": 0.1},
         {**failed, "attempt": 2, "retry_in": 0.2},
     ]
-    restarted = {"event": "flusher_restarted", "log_level": "warning"}
+    restarted = {
+        "event": "flusher_restarted",
+        "log_level": "warning",
+        "queue": "wbactor",
+    }
     assert events(logs, "flusher_restarted") == [
         {**restarted, "restarts": 1, "cause": "error"},
         {**restarted, "restarts": 2, "cause": "error"},
     ]
     [flushed] = events(logs, "batch_flushed")
-    assert flushed.keys() == {"event", "log_level", "batch_size", "duration"}
+    assert flushed.keys() == {"event", "log_level", "queue", "batch_size", "duration"}
     assert (flushed["log_level"], flushed["batch_size"]) == ("debug", 3)
     assert isinstance(flushed["duration"], float)
     assert flushed["duration"] >= 0.0
@@ -158,6 +163,7 @@ def test_retries_exhausted_is_an_error_and_on_drop_failures_are_logged(
         {
             "event": "retries_exhausted",
             "log_level": "error",
+            "queue": "wbactor",
             "batch_size": 2,
             "attempts": 2,
             "error": "RuntimeError: database unavailable",
@@ -170,6 +176,7 @@ def test_retries_exhausted_is_an_error_and_on_drop_failures_are_logged(
             {
                 "event": "on_drop_failed",
                 "log_level": "warning",
+                "queue": "wbactor",
                 "reason": "retries_exhausted",
                 "error": "ValueError: audit sink unavailable",
             }
@@ -211,10 +218,11 @@ def test_key_func_failures_are_logged_without_the_item(clock: ManualClock) -> No
     assert failed[0] == {
         "event": "key_func_failed",
         "log_level": "warning",
+        "queue": "wbactor",
         "error": "LookupError: record has no id",
     }
     assert len(failed) == 2
-    assert failed[1].keys() == {"event", "log_level", "error"}
+    assert failed[1].keys() == {"event", "log_level", "queue", "error"}
     assert failed[1]["error"].startswith("TypeError")
     assert_no_item_contents(logs)
 
@@ -284,7 +292,7 @@ def test_queue_stopped_logs_every_stats_field(clock: ManualClock) -> None:
         wb.stop(timeout=WAIT)
     [stopped] = events(logs, "queue_stopped")
     fields = {field.name for field in dataclasses.fields(wbactor.Stats)}
-    assert stopped.keys() - {"event", "log_level"} == fields
+    assert stopped.keys() - {"event", "log_level", "queue"} == fields
 
 
 def test_an_unknown_message_is_logged_by_type_and_the_queue_keeps_working(
@@ -313,6 +321,7 @@ def test_an_unknown_message_is_logged_by_type_and_the_queue_keeps_working(
         {
             "event": "unknown_message",
             "log_level": "warning",
+            "queue": "wbactor",
             "message_type": "LeakyMessage",
         }
     ]

@@ -228,6 +228,7 @@ def test_batch_is_dropped_with_retries_exhausted_after_max_retries(
         {
             "event": "retries_exhausted",
             "log_level": "error",
+            "queue": "wbactor",
             "batch_size": 3,
             "attempts": attempts,
             "error": "RuntimeError: store unavailable",
@@ -301,12 +302,14 @@ def test_flusher_factory_is_called_at_start_and_at_every_restart(
         {
             "event": "flusher_restarted",
             "log_level": "warning",
+            "queue": "wbactor",
             "restarts": 1,
             "cause": "error",
         },
         {
             "event": "flusher_restarted",
             "log_level": "warning",
+            "queue": "wbactor",
             "restarts": 2,
             "cause": "error",
         },

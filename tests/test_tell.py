@@ -53,7 +53,7 @@ def test_tell_after_stop_raises_actor_dead_for_every_message(
     wb.stop(timeout=5)
     for message in (Push(("a", 1)), PushMany([("b", 1)]), Flush(), "other"):
         with pytest.raises(pykka.ActorDeadError):
-            wb.ref.tell(message)
+            wb.ref.tell(message)  # type: ignore[arg-type]  # "other" too
     assert wb.stats().pushed == 0
 
 

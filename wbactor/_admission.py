@@ -30,7 +30,7 @@ import pykka
 
 from wbactor._config import Policy
 from wbactor._errors import PushTimeoutError, QueueClosedError
-from wbactor._log import KEY_FUNC_FAILED, PUSH_MANY_FAILED, describe, logger
+from wbactor._log import KEY_FUNC_FAILED, PUSH_MANY_FAILED, describe
 from wbactor._messages import Push, PushMany
 from wbactor._stats import DropReason
 
@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from wbactor._config import Config
     from wbactor._drops import DropReporter
     from wbactor._ledger import Dropped, Ledger
+    from wbactor._log import QueueLog
 
 __all__ = ["ADMISSIONS", "Admission", "admission_for"]
 
@@ -63,9 +64,14 @@ class Admission(Generic[T]):
     policy: ClassVar[Policy]
 
     def __init__(
-        self, config: Config[T], ledger: Ledger[T], drops: DropReporter[T]
+        self,
+        config: Config[T],
+        ledger: Ledger[T],
+        drops: DropReporter[T],
+        log: QueueLog,
     ) -> None:
         """Admit items into `ledger` under `config`'s policy; report to `drops`."""
+        self._log = log
         self._ledger = ledger
         self._drops = drops
         self._items = ledger.items
@@ -130,7 +136,7 @@ class Admission(Generic[T]):
             if len(chunk) < CHUNK:
                 break
         if failed:
-            logger.warning(PUSH_MANY_FAILED, error=describe(failed[0]))
+            self._log.logger.warning(PUSH_MANY_FAILED, error=describe(failed[0]))
 
     def push(self, item: T, timeout: float | None) -> None:  # noqa: ARG002 - BLOCK's
         """Queue one item from `WriteBehind.push()`; raise rather than refuse.
@@ -271,10 +277,14 @@ class Block(_Locked[T]):
     policy = Policy.BLOCK
 
     def __init__(
-        self, config: Config[T], ledger: Ledger[T], drops: DropReporter[T]
+        self,
+        config: Config[T],
+        ledger: Ledger[T],
+        drops: DropReporter[T],
+        log: QueueLog,
     ) -> None:
         """Admit items, waiting up to `config.block_timeout` for room."""
-        super().__init__(config, ledger, drops)
+        super().__init__(config, ledger, drops, log)
         self._block_timeout = config.block_timeout
 
     def _place(
@@ -327,10 +337,14 @@ class CoalesceByKey(_Locked[T]):
     policy = Policy.COALESCE_BY_KEY
 
     def __init__(
-        self, config: Config[T], ledger: Ledger[T], drops: DropReporter[T]
+        self,
+        config: Config[T],
+        ledger: Ledger[T],
+        drops: DropReporter[T],
+        log: QueueLog,
     ) -> None:
         """Admit items by `config.key_func`'s key."""
-        super().__init__(config, ledger, drops)
+        super().__init__(config, ledger, drops, log)
         assert config.key_func is not None  # noqa: S101 - Config guarantees it
         self._key_of: Callable[[T], Hashable] = config.key_func
         self._by_key = ledger.by_key
@@ -425,7 +439,7 @@ class CoalesceByKey(_Locked[T]):
 
     def _key_failed(self, item: T, error: Exception) -> None:
         """Log a failed `key_func` (or key hash) and drop the item as `key_error`."""
-        logger.warning(KEY_FUNC_FAILED, error=describe(error))
+        self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
         self._refuse([item], _KEY_ERROR)
 
     def _keyed(self, items: list[T]) -> list[tuple[Hashable, T, bool]]:
@@ -436,7 +450,7 @@ class CoalesceByKey(_Locked[T]):
                 key = key_of(item)
                 hash(key)
             except Exception as error:  # noqa: BLE001 - user code; logged, item dropped
-                logger.warning(KEY_FUNC_FAILED, error=describe(error))
+                self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
                 keyed.append((None, item, False))
             else:
                 keyed.append((key, item, True))
@@ -460,7 +474,7 @@ class CoalesceByKey(_Locked[T]):
         try:
             evicted = buffer.push_keyed(key, item)
         except Exception as error:  # noqa: BLE001 - the key's __eq__ raised
-            logger.warning(KEY_FUNC_FAILED, error=describe(error))
+            self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
             buffer.reject(_KEY_ERROR)
             return (item, _KEY_ERROR)
         return None if evicted is None else (evicted[0], _OLDEST)
@@ -476,10 +490,10 @@ ADMISSIONS: dict[Policy, type[Admission[Any]]] = {
 
 
 def admission_for(
-    config: Config[T], ledger: Ledger[T], drops: DropReporter[T]
+    config: Config[T], ledger: Ledger[T], drops: DropReporter[T], log: QueueLog
 ) -> Admission[T]:
     """Return the admission of `config.policy` over `ledger`."""
-    return ADMISSIONS[config.policy](config, ledger, drops)
+    return ADMISSIONS[config.policy](config, ledger, drops, log)
 
 
 def _guarded(items: Iterator[T], failed: list[Exception]) -> Iterator[T]:

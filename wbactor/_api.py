@@ -2,21 +2,31 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 from pykka.messages import ProxySetAttr
 
+from wbactor import _lifecycle
 from wbactor._admission import admission_for
 from wbactor._clock import MonotonicClock
+from wbactor._config import check_wait_timeout
 from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import QueueClosedError
 from wbactor._ledger import Ledger
-from wbactor._log import QUEUE_STARTED, QUEUE_STOPPED, DropLog, logger
+from wbactor._log import (
+    ACTOR_ABANDONED,
+    QUEUE_STARTED,
+    QUEUE_STOPPED,
+    DropLog,
+    QueueLog,
+)
 from wbactor._mailbox import Mailbox
-from wbactor._messages import Flush
+from wbactor._messages import Flush, RetireFlushers
 from wbactor._queue import QueueActor, QueueRef
 from wbactor._supervisor import SupervisorActor
 from wbactor._timer import TimerActor
@@ -34,6 +44,11 @@ __all__ = ["WriteBehind", "start"]
 
 T = TypeVar("T")
 
+STOP_GRACE = 0.5
+"""Seconds `stop(timeout)` gives the actors to stop once the drain's time is
+up; an actor whose user code (a flush, `close()`, a factory) hangs past it is
+abandoned on its daemon thread."""
+
 
 def start(config: Config[T]) -> WriteBehind[T]:
     """Start a queue for `config`: its queue, timer, supervisor and flusher actors.
@@ -44,13 +59,14 @@ def start(config: Config[T]) -> WriteBehind[T]:
     clock: Clock = config.clock if config.clock is not None else MonotonicClock()
     first = config.flusher_factory() if config.flusher_factory else config.flusher
     assert first is not None  # noqa: S101 - Config guarantees one of them
-    drop_log = DropLog(clock)
+    log = QueueLog(config.name)
+    drop_log = DropLog(clock, log)
     threads = ActorThreads()
-    drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads)
+    drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads, log)
     ledger: Ledger[T] = Ledger(config, clock, threads)
-    admission = admission_for(config, ledger, drops)
+    admission = admission_for(config, ledger, drops, log)
     timer = TimerActor.start(clock)
-    queue_ref: QueueRef = QueueActor.start(  # type: ignore[assignment]
+    queue_ref: QueueRef[T] = QueueActor.start(  # type: ignore[assignment]
         ledger=ledger,
         mailbox=Mailbox(ledger, admission),
         admission=admission,
@@ -60,6 +76,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
         clock=clock,
         timer=timer,
         drop_log=drop_log,
+        log=log,
     )
     supervisor: pykka.ActorRef[Any] = SupervisorActor.start(
         config=config,
@@ -67,6 +84,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
         ledger=ledger,
         drops=drops,
         threads=threads,
+        log=log,
         clock=clock,
         timer=timer,
         queue=queue_ref,
@@ -74,7 +92,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
     # The two refer to each other, so the queue learns its supervisor by a
     # message, which precedes any batch the queue could cut.
     queue_ref.ask(ProxySetAttr(attr_path=("supervisor",), value=supervisor))
-    logger.info(
+    log.logger.info(
         QUEUE_STARTED,
         capacity=config.capacity,
         batch_size=config.batch_size,
@@ -84,53 +102,70 @@ def start(config: Config[T]) -> WriteBehind[T]:
         flush_timeout=config.flush_timeout,
         block_timeout=config.block_timeout,
     )
-    return WriteBehind(
-        ledger=ledger,
-        admission=admission,
-        drops=drops,
-        threads=threads,
-        ref=queue_ref,
-        supervisor=supervisor,
-        timer=timer,
-        drop_log=drop_log,
+    wb = WriteBehind(
+        _Running(
+            config=config,
+            ledger=ledger,
+            admission=admission,
+            drops=drops,
+            threads=threads,
+            log=log,
+            drop_log=drop_log,
+            ref=queue_ref,
+            supervisor=supervisor,
+            timer=timer,
+        )
     )
+    _lifecycle.track(wb)
+    return wb
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class _Running(Generic[T]):
+    """The parts of a running queue that its handle drives."""
+
+    config: Config[T]
+    ledger: Ledger[T]
+    admission: Admission[T]
+    drops: DropReporter[T]
+    threads: ActorThreads
+    log: QueueLog
+    drop_log: DropLog
+    ref: QueueRef[T]
+    supervisor: pykka.ActorRef[Any]
+    timer: pykka.ActorRef[Any]
 
 
 class WriteBehind(Generic[T]):
     """A running queue: push items, flush, read stats, stop.
 
     Made by `wbactor.start()`. Usable as a context manager that stops the queue
-    on exit.
+    on exit. A queue still running when the process exits is drained for at
+    most `Config.exit_timeout` seconds, then stopped.
     """
 
-    def __init__(  # noqa: PLR0913 - keyword-only wiring
-        self,
-        *,
-        ledger: Ledger[T],
-        admission: Admission[T],
-        drops: DropReporter[T],
-        threads: ActorThreads,
-        ref: QueueRef,
-        supervisor: pykka.ActorRef[Any],
-        timer: pykka.ActorRef[Any],
-        drop_log: DropLog,
-    ) -> None:
+    def __init__(self, running: _Running[T]) -> None:
         """Wrap running actors; use `wbactor.start()` instead."""
-        self._ledger = ledger
-        self._admission = admission
-        self._drops = drops
-        self._threads = threads
-        self._ref = ref
-        self._supervisor = supervisor
-        self._timer = timer
-        self._drop_log = drop_log
-        self._stop_lock = threading.Lock()
+        self._run = running
+        self._ledger = running.ledger
+        self._admission = running.admission
+        self._ref = running.ref
+        self._supervisor = running.supervisor
+        self._timer = running.timer
+        # Re-entrant, so that a stop() from a signal handler that interrupted
+        # stop() on the same thread can tell, instead of deadlocking.
+        self._stop_lock = threading.RLock()
         self._final: Stats | None = None
 
     @property
-    def ref(self) -> pykka.ActorRef[Any]:
+    def ref(self) -> QueueRef[T]:
         """The queue actor's ref: `wb.ref.tell(wbactor.Push(item))` pushes."""
         return self._ref
+
+    @property
+    def name(self) -> str:
+        """The queue's `Config.name`, carried by its log lines."""
+        return self._run.config.name
 
     def push(self, item: T, timeout: float | None = None) -> None:
         """Queue `item` from plain code, under the policy.
@@ -142,27 +177,35 @@ class WriteBehind(Generic[T]):
             QueueClosedError: the queue is stopping or stopped.
             PushTimeoutError: `Policy.BLOCK` found no room within `timeout`.
         """
-        self._admission.push(item, timeout)
+        self._check_not_forked()
+        self._admission.push(item, check_wait_timeout(timeout, "push() timeout"))
 
     def depth(self) -> int:
         """Return the items queued, not counting the batch in flight."""
+        self._check_not_forked()
         return self._ledger.depth()
 
     def flush(self, timeout: float | None = None) -> None:
         """Return when every item pushed before the call is flushed or dropped.
 
+        `timeout` is in seconds; None or `math.inf` waits for as long as it
+        takes.
+
         Raises:
             TimeoutError: not done within `timeout` seconds (the flush goes on).
             QueueClosedError: the queue is stopping or stopped.
+            ValueError: `timeout` is negative or NaN.
             RuntimeError: called from a flusher or `on_drop` running on one
                 of the queue's own actors, where it would wait for itself.
         """
-        self._threads.check_not_current("flush()")
+        self._check_not_forked()
+        limit = check_wait_timeout(timeout, "flush() timeout")
+        self._run.threads.check_not_current("flush()")
         if self._ledger.closed:
             msg = "the queue is stopping or stopped; use stop() to drain it"
             raise QueueClosedError(msg)
         try:
-            self._ref.ask(Flush(), timeout=timeout)
+            self._ref.ask(Flush(), timeout=limit)
         except pykka.Timeout:
             msg = f"flush not done within {timeout} s"
             raise TimeoutError(msg) from None
@@ -172,52 +215,97 @@ class WriteBehind(Generic[T]):
 
     def stats(self) -> Stats:
         """Return a consistent snapshot of the counters."""
+        self._check_not_forked()
         stats, evicted = self._ledger.stats()
         if evicted is not None:
-            self._drops.report(*evicted)
+            self._run.drops.report(*evicted)
         return stats
 
     def stop(self, timeout: float | None = None) -> Stats:
         """Drain the queue, then stop every actor; return the final `Stats`.
 
         Items keep being flushed in `batch_size` batches, with retries, until
-        none is left or `timeout` seconds pass; what is left then is dropped
-        with `closed`. New items are refused from the start of the call.
-        Idempotent: later calls return the same `Stats`.
+        none is left or `timeout` seconds pass (None or `math.inf`: no
+        limit); what is left then is dropped with `closed`. New items are
+        refused from the start of the call. Returns once every actor has
+        stopped, save one whose user code (a flush, `close()`, the factory)
+        hangs past the deadline: it is abandoned on its daemon thread, and
+        logged as `actor_abandoned`. Idempotent: later calls return the same
+        `Stats`.
+
+        Safe from a signal handler: if the handler interrupted this queue's
+        own code on the same thread, the stop cannot wait there, so it goes on
+        on a thread of its own and this call returns a snapshot of the moment
+        at once (a later `stop()` returns the final `Stats`).
 
         Raises:
+            ValueError: `timeout` is negative or NaN (nothing changed).
+            QueueClosedError: in a child process forked from the queue's own.
             RuntimeError: called from a flusher or `on_drop` running on one
                 of the queue's own actors, where it would wait for itself.
         """
-        self._threads.check_not_current("stop()")
+        self._check_not_forked()
+        limit = check_wait_timeout(timeout, "stop() timeout")
+        self._run.threads.check_not_current("stop()")
+        if self.interrupted_here():
+            threading.Thread(
+                target=self.stop, args=(timeout,), name="wbactor-stop", daemon=False
+            ).start()
+            return self._ledger.peek()
         with self._stop_lock:
-            if self._final is not None:
-                return self._final
-            deadline = None if timeout is None else time.monotonic() + timeout
-            self._ledger.close()
-            if not self._drain(deadline):
-                self._drops.report(*self._ledger.abandon())
-            # The queue's on_stop stops the supervisor and the timer too; stop
-            # them here as well so stop() returns with all of them stopped.
-            for ref in (self._supervisor, self._ref, self._timer):
-                ref.stop()
-            self._drop_log.flush_all()
-            final = self.stats()
-            logger.info(
-                QUEUE_STOPPED,
-                pushed=final.pushed,
-                flushed=final.flushed,
-                coalesced=final.coalesced,
-                dropped={r.value: n for r, n in final.dropped.items()},
-                retries=final.retries,
-                restarts=final.restarts,
-                batches=final.batches,
-                depth=final.depth,
-                in_flight=final.in_flight,
-                oldest_age=final.oldest_age,
-            )
-            self._final = final
-            return final
+            if self._final is None:
+                self._final = self._stop(limit)
+            return self._final
+
+    def interrupted_here(self) -> bool:
+        """Return whether the calling thread is inside this queue's own code.
+
+        Only a signal handler can find it so (the handler runs on the thread
+        it interrupted, which may hold the ledger's lock or be in `stop()`).
+        """
+        in_stop: bool = self._stop_lock._is_owned()  # type: ignore[attr-defined]  # noqa: SLF001
+        return in_stop or self._ledger.owned()
+
+    def _stop(self, limit: float | None) -> Stats:
+        """Close, drain until `limit` seconds pass, stop the actors; account."""
+        deadline = None if limit is None else time.monotonic() + limit
+        run = self._run
+        self._ledger.close()
+        try:
+            drained = self._drain(deadline)
+        except BaseException:
+            # A KeyboardInterrupt in the drain (a second Ctrl-C at exit):
+            # what is left is dropped, counted, and the actors stopped.
+            run.drops.report(*self._ledger.abandon())
+            self._stop_actors(time.monotonic())
+            self._finish()
+            raise
+        if not drained:
+            run.drops.report(*self._ledger.abandon())
+        self._stop_actors(deadline)
+        return self._finish()
+
+    def _finish(self) -> Stats:
+        run = self._run
+        run.drop_log.flush_all()
+        final, evicted = self._ledger.stats()
+        if evicted is not None:
+            run.drops.report(*evicted)
+        run.log.logger.info(
+            QUEUE_STOPPED,
+            pushed=final.pushed,
+            flushed=final.flushed,
+            coalesced=final.coalesced,
+            dropped={r.value: n for r, n in final.dropped.items()},
+            retries=final.retries,
+            restarts=final.restarts,
+            batches=final.batches,
+            depth=final.depth,
+            in_flight=final.in_flight,
+            oldest_age=final.oldest_age,
+        )
+        _lifecycle.untrack(self)
+        return final
 
     def _drain(self, deadline: float | None) -> bool:
         """Wait for every accepted item to settle; return whether it did."""
@@ -231,15 +319,60 @@ class WriteBehind(Generic[T]):
             pass  # stopped some other way: its on_stop accounted for the rest
         return True
 
+    def _stop_actors(self, deadline: float | None) -> None:
+        """Stop every actor of the queue, giving up on one at the deadline.
+
+        The flusher actors first (so a shared flusher is closed once, when
+        none uses it), then the supervisor, the queue actor and the timer.
+        Each wait ends at `deadline` plus `STOP_GRACE`.
+        """
+        until = None if deadline is None else max(deadline, time.monotonic())
+        until = None if until is None else until + STOP_GRACE
+        flushers = self._wait(
+            self._supervisor.ask(RetireFlushers(), block=False), until, "supervisor"
+        )
+        for ref, stopped in flushers or ():
+            self._wait(stopped, until, str(ref))
+        for ref in (self._supervisor, self._ref, self._timer):
+            self._wait(ref.stop(block=False), until, str(ref))
+
+    def _wait(self, future: pykka.Future[Any], until: float | None, what: str) -> Any:
+        remaining = None if until is None else max(0.0, until - time.monotonic())
+        try:
+            return future.get(timeout=remaining)
+        except pykka.Timeout:
+            self._run.log.logger.warning(ACTOR_ABANDONED, actor=what)
+        except pykka.ActorDeadError:
+            pass  # stopped already
+        return None
+
+    def _check_not_forked(self) -> None:
+        forked_from = self._ledger.forked_from
+        if forked_from is not None:
+            raise QueueClosedError(self._ledger.fork_message())
+
+    def _after_fork_in_child(self, parent: int) -> None:
+        """Refuse everything from now on: this is a child forked from `parent`."""
+        self._ledger.after_fork_in_child(parent)
+        self._run.threads.forget()
+        self._stop_lock = threading.RLock()
+
+    def _stop_at_exit(self) -> None:
+        """Drain for at most `exit_timeout` and stop (the process is exiting)."""
+        # A second Ctrl-C ends the drain: what was left is dropped, counted.
+        with contextlib.suppress(KeyboardInterrupt):
+            self.stop(timeout=self._run.config.exit_timeout)
+
     def wait_for(self, predicate: Callable[[Stats], bool], timeout: float) -> Stats:
         """Wait until `predicate(stats)` holds after a flush outcome.
 
         For tests: outcomes are batch results, failures, restarts and
         dropped batches. Raises TimeoutError if it does not hold in time.
         """
+        self._check_not_forked()
         stats, evicted = self._ledger.wait_progress(predicate, timeout)
         if evicted is not None:
-            self._drops.report(*evicted)
+            self._run.drops.report(*evicted)
         if stats is None:
             msg = f"condition not met within {timeout} s; last {self.stats()}"
             raise TimeoutError(msg)
@@ -255,5 +388,6 @@ class WriteBehind(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        """Stop the queue, draining it."""
-        self.stop()
+        """Stop the queue, draining it (not in a forked child: not its queue)."""
+        if self._ledger.forked_from is None:
+            self.stop()

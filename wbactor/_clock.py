@@ -7,11 +7,9 @@ hand instead of sleeping.
 
 from __future__ import annotations
 
+import threading
 import time
-from typing import TYPE_CHECKING, Protocol
-
-if TYPE_CHECKING:
-    import threading
+from typing import Protocol
 
 __all__ = ["Clock", "MonotonicClock"]
 
@@ -20,7 +18,12 @@ class Clock(Protocol):
     """Where wbactor reads the time and waits for it to pass."""
 
     def now(self) -> float:
-        """Return the current time in seconds (any fixed origin)."""
+        """Return the current time in seconds (any fixed origin).
+
+        Must not go backwards. If it does, wbactor's timer counts the step
+        as no time (pending deadlines move back with it) rather than waiting
+        it out.
+        """
 
     def wait(self, condition: threading.Condition, deadline: float | None) -> None:
         """Wait on `condition` until notified or until `now()` reaches `deadline`.
@@ -44,4 +47,5 @@ class MonotonicClock:
         if deadline is None:
             condition.wait()
         else:
-            condition.wait(max(0.0, deadline - time.monotonic()))
+            remaining = max(0.0, deadline - time.monotonic())
+            condition.wait(min(remaining, threading.TIMEOUT_MAX))

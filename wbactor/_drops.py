@@ -13,12 +13,12 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Generic, TypeVar
 
-from wbactor._log import ON_DROP_FAILED, describe, logger
+from wbactor._log import ON_DROP_FAILED, describe
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
 
-    from wbactor._log import DropLog
+    from wbactor._log import DropLog, QueueLog
     from wbactor._stats import DropReason
 
 __all__ = ["ActorThreads", "DropReporter"]
@@ -40,6 +40,10 @@ class ActorThreads:
     def leave(self) -> None:
         """Note that the calling actor thread is done."""
         self._idents.discard(threading.get_ident())
+
+    def forget(self) -> None:
+        """Forget every thread (in a forked child: their ids may be reused)."""
+        self._idents = set()
 
     def current(self) -> bool:
         """Return whether the calling thread is one of the queue's actors."""
@@ -68,8 +72,10 @@ class DropReporter(Generic[T]):
         drop_log: DropLog,
         on_drop: Callable[[T, DropReason], object] | None,
         threads: ActorThreads,
+        log: QueueLog,
     ) -> None:
         """Report to `drop_log` and `on_drop`; `threads` decides what may escape."""
+        self._log = log
         self._drop_log = drop_log
         self._on_drop = on_drop
         self._threads = threads
@@ -92,6 +98,6 @@ class DropReporter(Generic[T]):
                 # thread; in an actor it would make pykka stop every actor.
                 if not isinstance(error, Exception) and not self._threads.current():
                     raise
-                logger.warning(
+                self._log.logger.warning(
                     ON_DROP_FAILED, reason=reason.value, error=describe(error)
                 )

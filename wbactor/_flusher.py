@@ -2,25 +2,23 @@
 
 It flushes the batch in flight, then keeps taking full batches straight from
 the ledger while they are waiting, so a healthy queue under a backlog needs no
-actor message per batch. Whatever the flusher raises, `BaseException`
+actor message per batch. An async flusher (`async def flush`, or a flush that
+returns an awaitable) is run to completion on an event loop the actor owns
+for its whole life. Whatever the flusher raises, `BaseException`
 included, is caught and reported to the supervisor as `BatchFailed`: nothing
 escapes into pykka, which would stop every actor in the process.
 """
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from wbactor._log import (
-    BATCH_FLUSHED,
-    FLUSHER_CLOSE_FAILED,
-    describe,
-    hot_logger,
-    logger,
-)
+from wbactor._log import BATCH_FLUSHED, FLUSHER_CLOSE_FAILED, describe
 from wbactor._messages import (
     BatchFailed,
     BatchFlushed,
@@ -32,12 +30,13 @@ from wbactor._messages import (
 
 if TYPE_CHECKING:
     import threading
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
     from types import TracebackType
 
     from wbactor._config import FlusherLike
     from wbactor._drops import ActorThreads
     from wbactor._ledger import Ledger
+    from wbactor._log import QueueLog
 
 __all__ = ["FlusherActor", "as_flush_function"]
 
@@ -52,14 +51,14 @@ def as_flush_function(flusher: FlusherLike[T]) -> Callable[[list[T]], object]:
     return flusher  # type: ignore[return-value]
 
 
-def close_flusher(flusher: object) -> None:
+def close_flusher(flusher: object, log: QueueLog) -> None:
     """Call the flusher's `close()`, if it has one; log what it raises."""
-    close = getattr(flusher, "close", None)
-    if callable(close):
-        try:
+    try:
+        close = getattr(flusher, "close", None)
+        if callable(close):
             close()
-        except BaseException as error:  # noqa: BLE001 - in an actor: must not escape
-            logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
+    except BaseException as error:  # noqa: BLE001 - in an actor: must not escape
+        log.logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
 
 
 class FlusherActor(pykka.ThreadingActor, Generic[T]):
@@ -75,6 +74,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         epoch: int,
         ledger: Ledger[T],
         threads: ActorThreads,
+        log: QueueLog,
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
         owns_flusher: bool,
@@ -86,10 +86,12 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._epoch = epoch
         self._ledger = ledger
         self._threads = threads
+        self._log = log
         self._supervisor = supervisor
         self._retired = retired
         self._owns_flusher = owns_flusher  # made for it by flusher_factory
         self._failed = False  # an attempt failed: this actor is done
+        self._loop: asyncio.AbstractEventLoop | None = None  # for async flushers
 
     def on_start(self) -> None:
         """Note this thread runs user code for the queue."""
@@ -110,7 +112,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         while batch is not None:
             started = time.perf_counter()
             try:
-                flush(batch)
+                result = flush(batch)
+                if inspect.isawaitable(result):
+                    self._await(result)
             except BaseException as error:  # noqa: BLE001 - every failure is retried
                 # Run nothing more: until the supervisor retires this
                 # epoch, a RunBatches already queued here would retry
@@ -123,9 +127,17 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
             # Logged once counted: a late result of an abandoned attempt is not.
-            hot_logger().debug(BATCH_FLUSHED, batch_size=len(batch), duration=duration)
+            self._log.hot().debug(
+                BATCH_FLUSHED, batch_size=len(batch), duration=duration
+            )
             batch = after
         tell_quietly(self._supervisor, BatchFlushed(epoch))
+
+    def _await(self, awaitable: Awaitable[object]) -> None:
+        """Run an async flush to completion on this actor's own event loop."""
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        self._loop.run_until_complete(_completed(awaitable))
 
     def on_stop(self) -> None:
         """Report a death unless retired; close the flusher if it is its own.
@@ -135,7 +147,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         """
         self._report_death()
         if self._owns_flusher:
-            close_flusher(self._flusher)
+            close_flusher(self._flusher, self._log)
+        if self._loop is not None:
+            self._loop.close()
         self._threads.leave()
 
     def on_failure(
@@ -151,3 +165,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
     def _report_death(self) -> None:
         if not self._retired.is_set():
             tell_quietly(self._supervisor, FlusherDied(self._epoch))
+
+
+async def _completed(awaitable: Awaitable[object]) -> object:
+    return await awaitable

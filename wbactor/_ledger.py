@@ -12,20 +12,30 @@ failure or an abandon moves the epoch on, so a result reported for an older
 epoch is ignored (`STALE`). Callers learn the current epoch only from what
 these methods return.
 
+Pending `Flush` requests are settled here too, as each batch completes or
+is dropped, so `flush()` returns under a sustained backlog, while the
+flusher never goes idle.
+
 Nothing here calls user code or logs: what a method evicts it returns, as a
 list of items with their reason, and the caller reports it outside the lock
 (`_drops.py`).
+
+The lock is re-entrant so that code interrupted while holding it (by a signal
+handler on the same thread, see `WriteBehind.stop`) can be recognised with
+`owned()` instead of deadlocking.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import pykka
 
 from wbactor._buffer import PolicyBuffer
+from wbactor._errors import QueueClosedError
 from wbactor._messages import STALE, Stale
 from wbactor._stats import DropReason
 
@@ -79,7 +89,7 @@ class Ledger(Generic[T]):
 
     def __init__(self, config: Config[T], clock: Clock, threads: ActorThreads) -> None:
         """Make an empty, open ledger for `config`."""
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.wake = threading.Condition(self.lock)  # the queue actor waits here
         self.room = threading.Condition(self.lock)  # BLOCK producers wait here
         self._progress = threading.Condition(self.lock)  # outcomes, for waiters
@@ -102,6 +112,9 @@ class Ledger(Generic[T]):
         self._failures = 0
         self._started: float | None = None
         self._abandoned = False  # an attempt was given up on at stop: may hang
+        # Pending flushes: (position they cover, reply future or None), in order.
+        self._flushes: deque[tuple[int, pykka.Future[Any] | None]] = deque()
+        self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
         self._retrigger()
 
@@ -122,18 +135,23 @@ class Ledger(Generic[T]):
         try:
             buffer = self.buffer
             if self._stopped:
-                return buffer.drop_queued(_CLOSED), _CLOSED
-            dropped = buffer.evict_overflow()
-            if buffer.in_flight is None:
-                self.note_batch_ready()
+                dropped, reason = buffer.drop_queued(_CLOSED), _CLOSED
+            else:
+                dropped, reason = buffer.evict_overflow(), buffer.overflow_reason
+                if buffer.in_flight is None:
+                    self.note_batch_ready()
+            if dropped and self._flushes:
+                self._answer_flushes()
         finally:
             lock.release()
-        return (dropped, buffer.overflow_reason) if dropped else None
+        return (dropped, reason) if dropped else None
 
     def evict_keyed(self) -> Dropped[T] | None:
         """Evict (lock held) an overshoot of the keyed queue; wake for a full batch."""
         dropped = self.buffer.evict_overflow()
         self.note_batch_ready()
+        if dropped and self._flushes:
+            self._answer_flushes()
         return (dropped, self.buffer.overflow_reason) if dropped else None
 
     def refuse(self, items: list[T], reason: DropReason) -> Dropped[T]:
@@ -155,9 +173,39 @@ class Ledger(Generic[T]):
         While stopping, told items are still counted (dropped with `closed`);
         once stopped, `stop()` has taken its final `Stats`, so they are refused.
         """
+        if self.forked_from is not None:
+            raise QueueClosedError(self.fork_message())
         if self._stopped:
             msg = "the queue actor has stopped"
             raise pykka.ActorDeadError(msg)
+
+    def fork_message(self) -> str:
+        """Say, in a forked child, whose queue this is and what to do instead."""
+        return (
+            f"this queue belongs to the parent process (pid {self.forked_from}); "
+            "a forked child cannot use it: start a new queue in the child"
+        )
+
+    def after_fork_in_child(self, parent: int) -> None:
+        """Refuse everything in a child forked from `parent` (no other thread runs).
+
+        The parent's threads, which might have held the lock, do not exist
+        here, so the lock and its conditions are made anew.
+        """
+        self.lock = threading.RLock()
+        self.wake = threading.Condition(self.lock)
+        self.room = threading.Condition(self.lock)
+        self._progress = threading.Condition(self.lock)
+        self.forked_from = parent
+        self.closed = True
+        self._stopped = True
+        self.trigger = 0
+        self._flushes.clear()
+
+    def owned(self) -> bool:
+        """Return whether the calling thread holds the lock."""
+        owned: bool = self.lock._is_owned()  # type: ignore[attr-defined]  # noqa: SLF001
+        return owned
 
     def note_batch_ready(self) -> None:
         """Wake the actor (lock held) if a full batch waits and none is in flight."""
@@ -240,14 +288,38 @@ class Ledger(Generic[T]):
             self._made_room()
             return True
 
-    def settled(self) -> int:
-        """Return the position below which every item is flushed or dropped."""
-        with self.lock:
-            return self.buffer.settled()
+    def add_flush(self, reply_to: pykka.Future[Any] | None) -> None:
+        """Record (lock held) a flush of every position taken so far.
 
-    def tail(self) -> int:
-        """Return (lock held) the position the next new item takes."""
-        return self.buffer.tail
+        It is answered (`reply_to` set) once every item before it settled.
+        """
+        self._flushes.append((self.buffer.tail, reply_to))
+        self._answer_flushes()
+
+    def flush_pending(self) -> bool:
+        """Return whether a flush waits: partial batches must go meanwhile."""
+        return bool(self._flushes)
+
+    def take_flushes(self) -> list[pykka.Future[Any]]:
+        """Remove every pending flush; return the reply futures to fail (at stop)."""
+        with self.lock:
+            futures = [reply for _, reply in self._flushes if reply is not None]
+            self._flushes.clear()
+            return futures
+
+    def _answer_flushes(self) -> None:
+        """Answer (lock held) the flushes whose items have all settled.
+
+        A DROP_NEWEST overshoot refused from the tail lowers the tail below
+        a target taken meanwhile: a target is never above the tail.
+        """
+        flushes = self._flushes
+        buffer = self.buffer
+        settled, tail = buffer.settled(), buffer.tail
+        while flushes and min(flushes[0][0], tail) <= settled:
+            _, reply_to = flushes.popleft()
+            if reply_to is not None:
+                reply_to.set(None)
 
     def mark_tick(self) -> None:
         """Note the tick's time, for `Stats.oldest_age`."""
@@ -278,6 +350,8 @@ class Ledger(Generic[T]):
             buffer = self.buffer
             buffer.complete()
             self._failures = 0
+            if self._flushes:
+                self._answer_flushes()
             self._progress.notify_all()
             self._retrigger()  # idle now: before reading the length, see there
             if len(buffer) >= self._batch_size:
@@ -319,12 +393,19 @@ class Ledger(Generic[T]):
             self._progress.notify_all()
             return Failed(self._failures, len(batch), self._epoch)
 
+    def rebase_attempt(self, epoch: int, started: float, now: float) -> None:
+        """Restart the attempt's clock at `now` (the clock stepped back before it)."""
+        with self.lock:
+            if epoch == self._epoch and started == self._started:
+                self._started = now
+
     def drop_in_flight(self, reason: DropReason) -> Dropped[T]:
         """Drop the batch in flight; return its items for reporting."""
         with self.lock:
             self._failures = 0
             items = self.buffer.drop_in_flight(reason)
             self._retrigger()
+            self._answer_flushes()
             self._progress.notify_all()
             return items, reason
 
@@ -375,6 +456,7 @@ class Ledger(Generic[T]):
                 self._abandoned = True
             items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
             self._retrigger()
+            self._answer_flushes()
             self._progress.notify_all()
             return items, _CLOSED
 
@@ -393,6 +475,18 @@ class Ledger(Generic[T]):
         with self.lock:
             return self._snapshot()
 
+    def peek(self) -> Stats:
+        """Return a snapshot that changes nothing (no eviction of an overshoot).
+
+        For a caller that may have interrupted this very ledger's code on its
+        own thread (a signal handler): the lock is re-entrant, so this cannot
+        deadlock, and it mutates nothing the interrupted code is working on.
+        """
+        with self.lock:
+            buffer = self.buffer
+            depth = min(len(buffer), self.capacity)
+            return buffer.stats(self._clock.now(), depth)
+
     def _snapshot(self) -> tuple[Stats, Dropped[T] | None]:
         """Snapshot the counters (lock held), first evicting any overshoot.
 
@@ -401,6 +495,8 @@ class Ledger(Generic[T]):
         buffer = self.buffer
         length = len(buffer)  # once: producers may append meanwhile
         dropped = [] if self._stopped else buffer.evict_overflow(length)
+        if dropped and self._flushes:
+            self._answer_flushes()
         stats = buffer.stats(self._clock.now(), length - len(dropped))
         return stats, (dropped, buffer.overflow_reason) if dropped else None
 

@@ -1,7 +1,8 @@
 """Logging: the `wbactor` structlog logger, event names, and drop aggregation.
 
 wbactor logs through `structlog.get_logger("wbactor")` and never configures
-structlog. Item contents are never logged.
+structlog. Each queue logs through its own `QueueLog`, so every line it
+writes carries `queue=<Config.name>`. Item contents are never logged.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._stats import DropReason
 
-__all__ = ["DropLog", "describe", "logger"]
+__all__ = ["DropLog", "QueueLog", "describe", "logger"]
 
 logger: Any = structlog.get_logger("wbactor")
 
@@ -32,43 +33,65 @@ UNKNOWN_MESSAGE = "unknown_message"
 FLUSHER_CLOSE_FAILED = "flusher_close_failed"
 RETRY_BACKOFF_FAILED = "retry_backoff_failed"
 PUSH_MANY_FAILED = "push_many_failed"
+ACTOR_ABANDONED = "actor_abandoned"
 
 DROP_LOG_INTERVAL = 1.0
 """Seconds between two `items_dropped` lines for the same reason."""
 
 
-_bound: tuple[Any, Any, Any, Any] = (None, None, None, None)
+class QueueLog:
+    """One queue's loggers: every line carries `queue=<Config.name>`."""
 
+    def __init__(self, name: str) -> None:
+        """Log as the queue called `name`."""
+        self.name = name
+        self.logger: Any = structlog.get_logger("wbactor", queue=name)
+        """For events that are not per batch: binds anew on every call, so
+        configuring structlog later, or `capture_logs()`, takes effect."""
+        self._bound: tuple[Any, Any, Any, Any] = (None, None, None, None)
 
-def hot_logger() -> Any:
-    """Return the `wbactor` logger, bound, for events logged once per batch.
+    def hot(self) -> Any:
+        """Return the logger, bound, for events logged once per batch.
 
-    The lazy proxy `get_logger()` returns binds anew on every call (~3 us
-    here even when the level is filtered out); a bound logger filters a
-    debug call in ~0.2 us. It is rebound whenever structlog is reconfigured
-    (`get_config()` is ~0.3 us), so configuring later, or
-    `structlog.testing.capture_logs()`, still takes effect.
-    """
-    global _bound  # noqa: PLW0603 - a one-entry cache, swapped atomically
-    config = structlog.get_config()
-    wrapper, processors, factory = (
-        config["wrapper_class"],
-        config["processors"],
-        config["logger_factory"],
-    )
-    cached = _bound
-    if cached[0] is wrapper and cached[1] is processors and cached[2] is factory:
-        return cached[3]
-    bound = logger.bind()
-    _bound = (wrapper, processors, factory, bound)
-    return bound
+        The lazy proxy `get_logger()` returns binds anew on every call (~3 us
+        here even when the level is filtered out); a bound logger filters a
+        debug call in ~0.2 us. It is rebound whenever structlog is
+        reconfigured (`get_config()` is ~0.3 us), so configuring later, or
+        `structlog.testing.capture_logs()`, still takes effect.
+        """
+        config = structlog.get_config()
+        wrapper, processors, factory = (
+            config["wrapper_class"],
+            config["processors"],
+            config["logger_factory"],
+        )
+        cached = self._bound
+        if cached[0] is wrapper and cached[1] is processors and cached[2] is factory:
+            return cached[3]
+        bound = self.logger.bind()
+        self._bound = (wrapper, processors, factory, bound)  # swapped atomically
+        return bound
 
 
 def describe(error: BaseException) -> str:
-    """Return `Type: message` for an exception, for the `error` key."""
-    text = str(error)
-    name = type(error).__name__
+    """Return `Type: message` for an exception, for the `error` key.
+
+    The exception is user code's: if its `str()` raises, or returns no
+    `str`, the type name alone is returned.
+    """
+    name = _type_name(error)
+    try:
+        text = str(error)
+    except Exception:  # noqa: BLE001 - a hostile __str__: the type name will do
+        return name
+    if text.__class__ is not str:  # a str subclass could misbehave too
+        return name
     return f"{name}: {text}" if text else name
+
+
+def _type_name(error: BaseException) -> str:
+    name = getattr(type(error), "__name__", None)
+    return name if isinstance(name, str) else "Exception"
 
 
 class DropLog:
@@ -79,9 +102,10 @@ class DropLog:
     by `flush_all` at stop.
     """
 
-    def __init__(self, clock: Clock) -> None:
-        """Aggregate on `clock`'s time."""
+    def __init__(self, clock: Clock, log: QueueLog) -> None:
+        """Aggregate on `clock`'s time; log to `log`."""
         self._clock = clock
+        self._log = log
         self._lock = threading.Lock()
         self._pending: dict[DropReason, int] = {}
         self._last: dict[DropReason, float] = {}
@@ -130,7 +154,6 @@ class DropLog:
             return [(reason, count)]
         return []
 
-    @staticmethod
-    def _emit(due: list[tuple[DropReason, int]]) -> None:
+    def _emit(self, due: list[tuple[DropReason, int]]) -> None:
         for reason, count in due:
-            logger.warning(ITEMS_DROPPED, reason=reason.value, count=count)
+            self._log.logger.warning(ITEMS_DROPPED, reason=reason.value, count=count)

@@ -19,7 +19,15 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from wbactor._messages import AwaitFlush, BatchReady, Envelope, Flush, Push, PushMany
+from wbactor._errors import QueueClosedError
+from wbactor._messages import (
+    BatchReady,
+    Envelope,
+    Flush,
+    FlushPending,
+    Push,
+    PushMany,
+)
 
 if TYPE_CHECKING:
     from wbactor._admission import Admission
@@ -30,6 +38,7 @@ __all__ = ["Mailbox"]
 T = TypeVar("T")
 
 _BATCH_READY = Envelope(BatchReady(), None)
+_FLUSH_PENDING = Envelope(FlushPending(), None)
 
 
 class Mailbox(Generic[T]):
@@ -54,15 +63,18 @@ class Mailbox(Generic[T]):
                 envelope.reply_to.set(None)
             return
         ledger = self._ledger
+        if ledger.forked_from is not None:
+            raise QueueClosedError(ledger.fork_message())
         with ledger.lock:
             if cls is Flush:
                 reply_to = envelope.reply_to
                 if ledger.stopped:
                     _fail_dead(reply_to)
                     return
-                # The flush covers every position taken so far: read under
-                # the lock, on the caller's thread, at the moment it is told.
-                envelope = Envelope(AwaitFlush(ledger.tail(), reply_to), None)
+                # The flush covers every position taken so far: recorded
+                # under the lock, on the caller's thread, when it is told.
+                ledger.add_flush(reply_to)
+                envelope = _FLUSH_PENDING
             self._control.append(envelope)
             ledger.wake.notify()
 
@@ -80,23 +92,6 @@ class Mailbox(Generic[T]):
     def empty(self) -> bool:
         """Return whether no control message is waiting."""
         return not self._control
-
-    def take_flushes(self) -> list[pykka.Future[Any]]:
-        """Remove the unanswered `Flush` requests; return their reply futures.
-
-        For the queue actor's stop, which fails them.
-        """
-        with self._ledger.lock:
-            flushes = [
-                env.message.reply_to
-                for env in self._control
-                if isinstance(env.message, AwaitFlush)
-                and env.message.reply_to is not None
-            ]
-            self._control = deque(
-                env for env in self._control if not isinstance(env.message, AwaitFlush)
-            )
-            return flushes
 
 
 def _fail_dead(reply_to: pykka.Future[Any] | None) -> None:

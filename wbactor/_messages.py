@@ -163,6 +163,14 @@ class RestartDue(NamedTuple):
     """Why the last flusher was retired: `error`, `timeout` or `died`."""
 
 
+class RetireFlushers(NamedTuple):
+    """Retire the flusher actor for the stop; reply with the actors to wait for.
+
+    Asked by `WriteBehind.stop()`, which waits for them itself, with its
+    deadline (internal).
+    """
+
+
 class WatchdogDue(NamedTuple):
     """Check whether the attempt in flight has passed `flush_timeout` (internal)."""
 
@@ -180,18 +188,13 @@ class Schedule(NamedTuple):
     """What is sent."""
 
 
-class AwaitFlush(NamedTuple):
-    """A `Flush` as the queue's inbox records it (internal).
+class FlushPending(NamedTuple):
+    """A `Flush` was recorded in the ledger (internal).
 
-    The inbox takes the reply future out of pykka's envelope, so the queue
-    actor can answer once the flush is done rather than when it returns.
+    The mailbox takes the reply future out of pykka's envelope and hands it
+    to the ledger, which answers it once every item before it settled; the
+    queue actor hands over partial batches until then.
     """
-
-    target: int
-    """Queue position the flush covers: every item before it."""
-
-    reply_to: pykka.Future[Any] | None
-    """Future to set when done; None for `tell(Flush())`."""
 
 
 class BatchReady(NamedTuple):

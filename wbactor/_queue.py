@@ -1,4 +1,4 @@
-"""The queue actor: decides when a batch goes, and answers `Flush`.
+"""The queue actor: decides when a batch goes.
 
 Its mailbox (`_mailbox.py`) hands pushes to the policy (`_admission.py`), so
 they never reach this actor as messages. It is woken for control messages
@@ -9,18 +9,22 @@ batch in flight at a time.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeAlias, TypeVar
 
 import pykka
+from pykka.messages import ProxyCall, ProxyGetAttr, ProxySetAttr
 
-from wbactor._log import UNKNOWN_MESSAGE, logger
+from wbactor._log import UNKNOWN_MESSAGE
 from wbactor._messages import (
-    AwaitFlush,
     BatchDropped,
     BatchFlushed,
     BatchReady,
     Dispatched,
+    Flush,
+    FlushPending,
     FlushTick,
+    Push,
+    PushMany,
     Schedule,
     tell_quietly,
 )
@@ -32,20 +36,27 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._drops import ActorThreads, DropReporter
     from wbactor._ledger import Ledger
-    from wbactor._log import DropLog
+    from wbactor._log import DropLog, QueueLog
     from wbactor._mailbox import Mailbox
 
-__all__ = ["QueueActor", "QueueRef"]
+__all__ = ["QueueActor", "QueueMessage", "QueueRef"]
 
 T = TypeVar("T")
 
+QueueMessage: TypeAlias = (
+    Push[T] | PushMany[T] | Flush | FlushTick | ProxyCall | ProxyGetAttr | ProxySetAttr
+)
+"""What the queue's ref may be told: pushes of its item type, `Flush`,
+`FlushTick` and pykka's own proxy messages."""
 
-class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
-    """The queue's `pykka.ActorRef`, with a short path for pushes.
+
+class QueueRef(pykka.ActorRef["QueueActor[Any]"], Generic[T]):
+    """The queue's `pykka.ActorRef`, typed by its items, with a short path for pushes.
 
     `tell(Push(item))` and `tell(PushMany(items))` hand the items straight to
     the policy, without building pykka's envelope; every other message and
-    method behaves exactly as pykka's.
+    method behaves exactly as pykka's. `wb.ref` of a `WriteBehind[int]` is a
+    `QueueRef[int]`, so `tell(Push("x"))` is a type error there.
     """
 
     def __init__(self, actor: QueueActor[Any]) -> None:
@@ -56,7 +67,7 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
         # (~700 instructions of ~4,000 under callgrind).
         self.tell = self._admission.bind_tell(super().tell)  # type: ignore[method-assign,assignment]
 
-    def tell(self, message: Any) -> None:
+    def tell(self, message: QueueMessage[T]) -> None:
         """Send `message` without waiting; pushes go straight to the policy.
 
         Raises:
@@ -72,6 +83,10 @@ class QueueRef(pykka.ActorRef["QueueActor[Any]"]):
 class QueueActor(pykka.ThreadingActor, Generic[T]):
     """Cuts batches from the ledger and hands them to the supervisor."""
 
+    # Its on_stop calls on_drop, user code; and a process must exit even
+    # if a queue was never stopped (it is drained at exit, with a bound).
+    use_daemon_thread = True
+
     def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
         *,
@@ -84,8 +99,10 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         clock: Clock,
         timer: pykka.ActorRef[Any],
         drop_log: DropLog,
+        log: QueueLog,
     ) -> None:
         """Make the queue actor over `ledger`, reading `mailbox`."""
+        self._log = log
         self.ledger = ledger
         self.mailbox = mailbox
         self.admission = admission
@@ -98,7 +115,6 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._timer = timer
         self._drop_log = drop_log
         self.supervisor: pykka.ActorRef[Any] | None = None  # set before start
-        self._waiters: list[AwaitFlush] = []  # in target order
         self._tick = FlushTick()  # the timer's; a told FlushTick is not rescheduled
         # A tick that found items queued behind a batch in flight is owed:
         # they go as soon as that batch settles, not a tick later.
@@ -122,9 +138,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         """
         self._threads.leave()
         self.ledger.mark_stopped()
-        futures = self.mailbox.take_flushes()
-        futures += [w.reply_to for w in self._waiters if w.reply_to is not None]
-        self._waiters.clear()
+        futures = self.ledger.take_flushes()
         for future in futures:
             error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
             future.set_exception((pykka.ActorDeadError, error, None))
@@ -144,15 +158,14 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self.on_stop()
 
     def on_receive(self, message: Any) -> None:
-        """Hand over batches when one is due; answer flushes when done."""
+        """Hand over batches when one is due."""
         cls = message.__class__
         if cls is BatchReady:
             self._dispatch(force=False)
-        elif cls is BatchFlushed or cls is BatchDropped:
-            self._settle()
-        elif cls is AwaitFlush:
-            self._waiters.append(message)
-            self._settle()
+        elif cls is BatchFlushed or cls is BatchDropped or cls is FlushPending:
+            # The ledger answers flushes as batches settle; while one waits,
+            # partial batches go too.
+            self._dispatch(force=self.ledger.flush_pending())
         elif cls is FlushTick:
             self.ledger.mark_tick()
             self._drop_log.flush_due()
@@ -161,21 +174,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
             if message is self._tick:
                 self._schedule_tick()
         else:
-            logger.warning(UNKNOWN_MESSAGE, message_type=cls.__name__)
-
-    def _settle(self) -> None:
-        """Answer the flushes that are done; keep batches going for the rest."""
-        waiters = self._waiters
-        if waiters:
-            settled = self.ledger.settled()
-            done = 0
-            while done < len(waiters) and waiters[done].target <= settled:
-                reply_to = waiters[done].reply_to
-                if reply_to is not None:
-                    reply_to.set(None)
-                done += 1
-            del waiters[:done]
-        self._dispatch(force=bool(waiters))
+            self._log.logger.warning(UNKNOWN_MESSAGE, message_type=cls.__name__)
 
     def _dispatch(self, *, force: bool) -> None:
         ledger = self.ledger

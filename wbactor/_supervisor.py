@@ -9,12 +9,13 @@ After `max_retries` retries the batch is dropped with `retries_exhausted`.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from wbactor._config import default_backoff
+from wbactor._config import clamp_backoff, default_backoff
 from wbactor._errors import FlusherDiedError, FlushTimeoutError
 from wbactor._flusher import FlusherActor, close_flusher
 from wbactor._log import (
@@ -23,7 +24,6 @@ from wbactor._log import (
     RETRIES_EXHAUSTED,
     RETRY_BACKOFF_FAILED,
     describe,
-    logger,
 )
 from wbactor._messages import (
     BatchDropped,
@@ -32,6 +32,7 @@ from wbactor._messages import (
     Dispatched,
     FlusherDied,
     RestartDue,
+    RetireFlushers,
     RunBatches,
     Schedule,
     WatchdogDue,
@@ -44,14 +45,24 @@ if TYPE_CHECKING:
     from wbactor._config import Config, FlusherLike
     from wbactor._drops import ActorThreads, DropReporter
     from wbactor._ledger import Ledger
+    from wbactor._log import QueueLog
 
 __all__ = ["SupervisorActor"]
 
 T = TypeVar("T")
 
 
+_ORPHAN_WAIT = 1.0
+"""Seconds `on_stop` waits for each retired flusher actor when the queue was
+stopped without `WriteBehind.stop()` (which waits for them itself)."""
+
+
 class SupervisorActor(pykka.ThreadingActor, Generic[T]):
     """Starts, watches and restarts the flusher actor."""
+
+    # User code (a factory, a shared flusher's close()) may hang here, and
+    # must not keep the process alive at exit.
+    use_daemon_thread = True
 
     def __init__(  # noqa: PLR0913 - keyword-only wiring
         self,
@@ -61,6 +72,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         ledger: Ledger[T],
         drops: DropReporter[T],
         threads: ActorThreads,
+        log: QueueLog,
         clock: Clock,
         timer: pykka.ActorRef[Any],
         queue: pykka.ActorRef[Any],
@@ -71,6 +83,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._ledger = ledger
         self._drops = drops
         self._threads = threads
+        self._log = log
         self._clock = clock
         self._timer = timer
         self._queue = queue
@@ -82,6 +95,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._retired = threading.Event()
         # Retired flusher actors that are not hung, and their stop futures.
         self._stopping: list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]] = []
+        self._handed_over = False  # WriteBehind.stop() waits for them itself
         self._watching = False
 
     # -- lifecycle ----------------------------------------------------------
@@ -94,24 +108,37 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._spawn(flusher)
 
     def on_stop(self) -> None:
-        """Retire the flusher actor; wait for it unless an attempt was abandoned.
+        """Retire the flusher actor; close a shared flusher none uses any more.
 
-        After a clean drain the flusher is idle and stops at once, so `stop()`
-        returns with no actor left. An abandoned attempt may hang for good, so
-        then the flusher is left to stop when (if) its flush returns.
+        `WriteBehind.stop()` has retired the flusher actors before
+        (`RetireFlushers`) and waited for them, with its deadline. Stopped
+        some other way, this waits a little for them. A flusher actor whose
+        attempt was abandoned may hang for good: it is left to stop when
+        (if) its flush returns, and a shared flusher is then not closed.
         """
         abandoned = self._ledger.abandoned
         self._retire(hung=abandoned)
-        for _, stopped in self._stopping:
-            stopped.get()
+        if not self._handed_over:
+            for _, stopped in self._stopping:
+                with contextlib.suppress(pykka.Timeout):
+                    stopped.get(timeout=_ORPHAN_WAIT)
+        idle = not any(ref.is_alive() for ref, _ in self._stopping)
         shared = self._config.flusher
-        if self._config.flusher_factory is None and not abandoned:
+        if self._config.flusher_factory is None and not abandoned and idle:
             # The one flusher every actor used: closed once, when none uses it.
-            close_flusher(shared)
+            close_flusher(shared, self._log)
         self._threads.leave()
 
-    def on_receive(self, message: Any) -> None:
+    def _retire_for_stop(self) -> list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]]:
+        """Retire the flusher actor; return the actors to wait for, and how."""
+        self._retire(hung=self._ledger.abandoned)
+        self._handed_over = True
+        return list(self._stopping)
+
+    def on_receive(self, message: Any) -> Any:
         """Route outcomes from the flusher, the queue and the timer."""
+        if isinstance(message, RetireFlushers):
+            return self._retire_for_stop()
         if isinstance(message, Dispatched):
             self._run()
         elif isinstance(message, BatchFailed):
@@ -127,6 +154,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         elif isinstance(message, FlusherDied):
             error = FlusherDiedError("the flusher actor stopped unasked")
             self._failed(message.epoch, error, "died")
+        return None
 
     # -- flusher actors -----------------------------------------------------
 
@@ -137,6 +165,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             epoch=self._epoch,
             ledger=self._ledger,
             threads=self._threads,
+            log=self._log,
             supervisor=self.actor_ref,
             retired=self._retired,
             owns_flusher=self._config.flusher_factory is not None,
@@ -171,7 +200,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
                 return
         self._spawn(flusher)
         restarts = self._ledger.count_restart()
-        logger.warning(FLUSHER_RESTARTED, restarts=restarts, cause=cause)
+        self._log.logger.warning(FLUSHER_RESTARTED, restarts=restarts, cause=cause)
         self._run()
 
     def _run(self) -> None:
@@ -208,7 +237,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         max_retries = self._config.max_retries
         if batch_size and 0 <= max_retries < failures:
             dropped = self._ledger.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
-            logger.error(
+            self._log.logger.error(
                 RETRIES_EXHAUSTED,
                 batch_size=batch_size,
                 attempts=failures,
@@ -223,7 +252,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         # failing cannot spin.
         delay = self._backoff_for(max(failures, 1))
         if batch_size:
-            logger.warning(
+            self._log.logger.warning(
                 FLUSH_FAILED,
                 attempt=failures,
                 max_retries=max_retries,
@@ -237,14 +266,16 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         """Return `retry_backoff(attempt)`; on a bad answer, log it and use the default.
 
         `retry_backoff` is user code running in this actor: what it raises must
-        not escape into pykka, and a negative or non-numeric delay means none.
+        not escape into pykka. A delay is clamped to [0, 3600] seconds (NaN
+        means none); a non-number is logged and the default used.
         """
         try:
-            delay = float(self._backoff(attempt))
+            return clamp_backoff(self._backoff(attempt))
         except Exception as error:  # noqa: BLE001 - user code; logged, default used
-            logger.warning(RETRY_BACKOFF_FAILED, attempt=attempt, error=describe(error))
+            self._log.logger.warning(
+                RETRY_BACKOFF_FAILED, attempt=attempt, error=describe(error)
+            )
             return default_backoff(attempt)
-        return delay if delay >= 0 else 0.0  # also maps NaN to 0
 
     def _watchdog(self) -> None:
         """Fail the attempt in flight if it has run `flush_timeout` or more."""
@@ -254,6 +285,10 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         if timeout is None or not in_flight or self._flusher is None:
             return  # idle, or a restart is pending and will watch again
         now = self._clock.now()
+        if started is not None and now < started:
+            # The clock stepped back: count the step as no time, from now.
+            self._ledger.rebase_attempt(epoch, started, now)
+            started = now
         if started is not None and now - started >= timeout:
             error = FlushTimeoutError(f"flush attempt exceeded {timeout} s")
             self._failed(epoch, error, "timeout", started)
