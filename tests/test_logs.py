@@ -310,7 +310,7 @@ def test_an_unknown_message_is_logged_by_type_and_the_queue_keeps_working(
         capacity=100, flusher=flusher, flush_interval=1000.0, clock=clock
     )
     with capture_logs() as logs, running(config) as wb:
-        wb.ref.tell(LeakyMessage(item(0)))
+        wb.ref.tell(LeakyMessage(item(0)))  # type: ignore[arg-type]
         wb.flush(WAIT)
         wb.ref.tell(wbactor.Push(item(1)))
         wb.push(item(2))

@@ -19,7 +19,9 @@ from wbactor._errors import (
     QueueClosedError,
     WriteBehindError,
 )
+from wbactor._lifecycle import stop_on_signals
 from wbactor._messages import Flush, FlushTick, Push, PushMany
+from wbactor._queue import QueueRef
 from wbactor._stats import DropReason, Stats
 
 try:
@@ -45,9 +47,11 @@ __all__ = [
     "PushMany",
     "PushTimeoutError",
     "QueueClosedError",
+    "QueueRef",
     "Stats",
     "WriteBehind",
     "WriteBehindError",
     "default_backoff",
     "start",
+    "stop_on_signals",
 ]
