@@ -44,10 +44,14 @@ __all__ = ["WriteBehind", "start"]
 
 T = TypeVar("T")
 
-STOP_GRACE = 0.5
+STOP_GRACE = 0.25
 """Seconds `stop(timeout)` gives the actors to stop once the drain's time is
 up; an actor whose user code (a flush, `close()`, a factory) hangs past it is
 abandoned on its daemon thread."""
+
+_STOP_FLOOR = 0.1
+"""Seconds every actor gets to stop even once the deadline has passed, so that
+one whose user code hangs does not eat the time of those behind it."""
 
 
 def start(config: Config[T]) -> WriteBehind[T]:
@@ -324,24 +328,35 @@ class WriteBehind(Generic[T]):
 
         The flusher actors first (so a shared flusher is closed once, when
         none uses it), then the supervisor, the queue actor and the timer.
-        Each wait ends at `deadline` plus `STOP_GRACE`.
+        The waits end at `deadline` plus `STOP_GRACE`, but each actor gets at
+        least `_STOP_FLOOR`.
         """
         until = None if deadline is None else max(deadline, time.monotonic())
         until = None if until is None else until + STOP_GRACE
-        flushers = self._wait(
-            self._supervisor.ask(RetireFlushers(), block=False), until, "supervisor"
-        )
+        supervisor = self._supervisor
+        asked = supervisor.ask(RetireFlushers(), block=False)
+        flushers = self._wait(asked, until, supervisor)
         for ref, stopped in flushers or ():
-            self._wait(stopped, until, str(ref))
-        for ref in (self._supervisor, self._ref, self._timer):
-            self._wait(ref.stop(block=False), until, str(ref))
+            self._wait(stopped, until, ref)
+        # Asked to stop together; a supervisor that did not answer above is
+        # hung in user code (a factory) and was logged there already.
+        stops = [(ref, ref.stop(block=False)) for ref in (supervisor, self._ref)]
+        stops.append((self._timer, self._timer.stop(block=False)))
+        for ref, stopped in stops:
+            if ref is not supervisor or flushers is not None:
+                self._wait(stopped, until, ref)
 
-    def _wait(self, future: pykka.Future[Any], until: float | None, what: str) -> Any:
-        remaining = None if until is None else max(0.0, until - time.monotonic())
+    def _wait(
+        self, future: pykka.Future[Any], until: float | None, ref: pykka.ActorRef[Any]
+    ) -> Any:
+        """Return what `future` holds; None if `ref`'s actor is abandoned or dead."""
+        remaining = None
+        if until is not None:
+            remaining = max(_STOP_FLOOR, until - time.monotonic())
         try:
             return future.get(timeout=remaining)
         except pykka.Timeout:
-            self._run.log.logger.warning(ACTOR_ABANDONED, actor=what)
+            self._run.log.logger.warning(ACTOR_ABANDONED, actor=str(ref))
         except pykka.ActorDeadError:
             pass  # stopped already
         return None

@@ -19,6 +19,7 @@ from wbactor._config import clamp_backoff, default_backoff
 from wbactor._errors import FlusherDiedError, FlushTimeoutError
 from wbactor._flusher import FlusherActor, close_flusher
 from wbactor._log import (
+    ACTOR_ABANDONED,
     FLUSH_FAILED,
     FLUSHER_RESTARTED,
     RETRIES_EXHAUSTED,
@@ -95,7 +96,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._retired = threading.Event()
         # Retired flusher actors that are not hung, and their stop futures.
         self._stopping: list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]] = []
-        self._handed_over = False  # WriteBehind.stop() waits for them itself
+        # WriteBehind.stop() retired the flushers and waits for them itself:
+        # from then on no flusher actor is started.
+        self._handed_over = False
         self._watching = False
 
     # -- lifecycle ----------------------------------------------------------
@@ -159,6 +162,8 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
     # -- flusher actors -----------------------------------------------------
 
     def _spawn(self, flusher: FlusherLike[T]) -> None:
+        if self._handed_over:
+            return  # stopping: a restart due now would outlive stop()
         self._retired = threading.Event()
         self._flusher = FlusherActor.start(
             flusher=flusher,
@@ -182,11 +187,16 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         if flusher is not None:
             stopped = flusher.stop(block=False)
             self._stopping = [s for s in self._stopping if s[0].is_alive()]
-            if not hung:
+            if hung:
+                # Left to stop when (if) its attempt returns: a daemon thread.
+                self._log.logger.warning(ACTOR_ABANDONED, actor=str(flusher))
+            else:
                 self._stopping.append((flusher, stopped))
 
     def _restart(self, cause: str) -> None:
         """Start a fresh flusher actor and run the batch in flight, if any."""
+        if self._handed_over:
+            return  # stopping: see _spawn
         factory = self._config.flusher_factory
         if factory is None:
             flusher = self._config.flusher
