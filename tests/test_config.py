@@ -508,6 +508,8 @@ def test_config_fields_and_defaults_match_the_spec() -> None:
         "clock": None,
         "name": "wbactor",
         "exit_timeout": 5.0,
+        "classify": None,
+        "flusher_process": False,
     }
     assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
 
@@ -530,6 +532,8 @@ def test_config_fields_come_in_the_documented_order() -> None:
         "clock",
         "name",
         "exit_timeout",
+        "classify",
+        "flusher_process",
     ]
 
 
@@ -637,8 +641,9 @@ def test_drop_reason_values_are_the_spec_strings() -> None:
         "push_timeout",
         "closed",
         "key_error",
+        "rejected",
     }
-    assert len(wbactor.DropReason) == 6
+    assert len(wbactor.DropReason) == 7
 
 
 @pytest.mark.parametrize("reason", list(wbactor.DropReason))

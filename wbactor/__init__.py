@@ -15,10 +15,14 @@ from wbactor._errors import (
     CoalesceNeedsKeyError,
     ConfigError,
     FlusherRequiredError,
+    PartialFailure,
+    PermanentError,
     PushTimeoutError,
     QueueClosedError,
+    RetryAfter,
     WriteBehindError,
 )
+from wbactor._failures import Failure, default_classify
 from wbactor._lifecycle import stop_on_signals
 from wbactor._messages import Flush, FlushTick, Push, PushMany
 from wbactor._queue import QueueRef
@@ -36,22 +40,27 @@ __all__ = [
     "Config",
     "ConfigError",
     "DropReason",
+    "Failure",
     "Flush",
     "FlushTick",
     "Flusher",
     "FlusherLike",
     "FlusherRequiredError",
     "MonotonicClock",
+    "PartialFailure",
+    "PermanentError",
     "Policy",
     "Push",
     "PushMany",
     "PushTimeoutError",
     "QueueClosedError",
     "QueueRef",
+    "RetryAfter",
     "Stats",
     "WriteBehind",
     "WriteBehindError",
     "default_backoff",
+    "default_classify",
     "start",
     "stop_on_signals",
 ]

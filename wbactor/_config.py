@@ -22,6 +22,7 @@ from wbactor._errors import (
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock
+    from wbactor._failures import Failure
     from wbactor._stats import DropReason
 
 __all__ = [
@@ -303,6 +304,15 @@ class Config(Generic[T]):
     everything still queued is dropped with `closed` at once. At least 0 and
     at most `threading.TIMEOUT_MAX`."""
 
+    classify: Callable[[BaseException], Failure] | None = None
+    """What a flush error means: exception to `wbactor.Failure`
+    (`TRANSIENT`: retry; `PERMANENT`: isolate and reject the culprits); None
+    means `wbactor.default_classify`."""
+
+    flusher_process: bool = False
+    """Run each flusher in a worker process of its own (spawned), out of the
+    producers' GIL; needs a picklable `flusher_factory`."""
+
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
         capacity: object = self.capacity
@@ -378,7 +388,11 @@ class Config(Generic[T]):
             raise ConfigError(msg)
 
     def _check_hooks(self) -> None:
-        for field in ("key_func", "retry_backoff", "on_drop"):
+        flusher_process: object = self.flusher_process
+        if not isinstance(flusher_process, bool):
+            msg = f"flusher_process must be a bool, got {flusher_process!r}"
+            raise ConfigError(msg)
+        for field in ("key_func", "retry_backoff", "on_drop", "classify"):
             value = getattr(self, field)
             if value is not None and not callable(value):
                 msg = f"{field} must be callable or None, got {value!r}"

@@ -8,7 +8,11 @@ The tree::
     │   ├── FlusherRequiredError
     │   └── CoalesceNeedsKeyError
     ├── QueueClosedError (also pykka.ActorDeadError)
-    └── PushTimeoutError (also TimeoutError)
+    ├── PushTimeoutError (also TimeoutError)
+    ├── PermanentError        raised by a flusher: this data will never be written
+    ├── RetryAfter            raised by a flusher: retry after `seconds`
+    └── PartialFailure        raised by a flusher: these items failed, the rest
+                              were written
 
 Outside that tree, as they are not raised to callers: `FlushTimeoutError` and
 `FlusherDiedError`, the `error` of a failed attempt's log line when the
@@ -17,7 +21,13 @@ attempt hung past `flush_timeout` or its flusher actor died.
 
 from __future__ import annotations
 
+import math
+from typing import TYPE_CHECKING
+
 import pykka
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = [
     "CapacityRequiredError",
@@ -26,8 +36,11 @@ __all__ = [
     "FlushTimeoutError",
     "FlusherDiedError",
     "FlusherRequiredError",
+    "PartialFailure",
+    "PermanentError",
     "PushTimeoutError",
     "QueueClosedError",
+    "RetryAfter",
     "WriteBehindError",
 ]
 
@@ -82,6 +95,61 @@ class PushTimeoutError(WriteBehindError, TimeoutError):
     The item was not accepted and is not counted in `Stats`. Push again
     later, raise the timeout, or pick a dropping policy.
     """
+
+
+class PermanentError(WriteBehindError):
+    """Raise it (or a subclass) from a flusher: this data will never be written.
+
+    `default_classify` calls it `Failure.PERMANENT`: the queue does not retry
+    the batch as it is, but isolates the items that fail on their own by
+    bisection and drops just those, with `DropReason.REJECTED`. Every other
+    item of the batch is written. `wbactor.flushers.PermanentStoreError` is
+    one.
+    """
+
+
+class RetryAfter(WriteBehindError):
+    """Raise it from a flusher: a transient failure; retry after `seconds`.
+
+    Used instead of `retry_backoff(attempt)` as that attempt's backoff
+    (clamped to `[0, 3600]`, like any backoff), for a store that says when it
+    can take the batch: a rate limit, a `Retry-After` header.
+    """
+
+    def __init__(self, seconds: float, message: str = "") -> None:
+        """Ask for a retry in `seconds`, saying why in `message`."""
+        super().__init__(message or f"retry after {seconds} s")
+        self.seconds = seconds
+
+    @property
+    def delay(self) -> float:
+        """`seconds` as the backoff to wait: clamped to `[0, 3600]`, NaN as 0."""
+        seconds: object = self.seconds
+        if not isinstance(seconds, int | float) or isinstance(seconds, bool):
+            return 0.0
+        if math.isnan(seconds) or seconds <= 0:
+            return 0.0
+        return float(min(seconds, 3600.0))
+
+
+class PartialFailure(WriteBehindError):
+    """Raise it from a flusher: these items of the batch failed, the rest were written.
+
+    `failed` are indices into the batch the flusher was given. The items not
+    listed count as flushed; `classify(error)` decides for the listed ones:
+    `Failure.PERMANENT` drops them at once as `rejected`, `Failure.TRANSIENT`
+    retries them as a batch of their own, after the backoff, before any
+    later batch. A negative or out-of-range index is a flusher bug: the whole
+    batch then counts as failed (transient), and `flusher_bug` is logged.
+    """
+
+    def __init__(self, failed: Sequence[int], error: BaseException) -> None:
+        """Say that the items at `failed` failed with `error`."""
+        self.failed: tuple[int, ...] = tuple(failed)
+        self.error = error
+        # The type only: `error` is user code's, and its repr() may raise.
+        kind = getattr(type(error), "__name__", "an error")
+        super().__init__(f"{len(self.failed)} item(s) of the batch failed: {kind}")
 
 
 class FlushTimeoutError(Exception):

@@ -37,6 +37,10 @@ class DropReason(enum.StrEnum):
     KEY_ERROR = "key_error"
     """`key_func` raised for this item or returned an unhashable key."""
 
+    REJECTED = "rejected"
+    """The store refused this item for good (a `Failure.PERMANENT` failure of
+    a batch holding it alone, or of the item listed in a `PartialFailure`)."""
+
 
 class DroppedCounts(Mapping[DropReason, int]):
     """A read-only mapping of drop reasons to counts: `Stats.dropped`.

@@ -3,6 +3,8 @@
 The tree::
 
     WriteBehindError
+    ├── PermanentError
+    │   └── PermanentStoreError (also StoreError)
     └── StoreError
         ├── PermanentStoreError
         └── TransientStoreError
@@ -12,7 +14,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from wbactor._errors import WriteBehindError
+from wbactor._errors import PermanentError, WriteBehindError
 from wbactor._log import describe, logger
 
 __all__ = [
@@ -57,12 +59,13 @@ class StoreError(WriteBehindError):
         self.sqlstate = sqlstate
 
 
-class PermanentStoreError(StoreError):
+class PermanentStoreError(StoreError, PermanentError):
     """The store refused the batch: retrying it will not help.
 
     A constraint violation, a syntax error, an undefined table or column, a
-    value of the wrong type. The queue still retries it (`max_retries`), then
-    drops the batch with `retries_exhausted`: fix the data or the statement.
+    value of the wrong type. It is a `wbactor.PermanentError`, so with
+    `default_classify` the queue isolates the rows that fail on their own by
+    bisection, drops just those with `rejected`, and writes the rest.
     """
 
     permanent = True
