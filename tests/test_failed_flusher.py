@@ -10,8 +10,8 @@ from pykka.messages import ProxyGetAttr
 from support import WAIT
 
 import wbactor
+from wbactor._attempts import Attempts
 from wbactor._flusher import FlusherActor
-from wbactor._ledger import Ledger
 from wbactor._messages import Dispatched
 
 if TYPE_CHECKING:
@@ -32,13 +32,13 @@ def test_a_run_queued_before_the_failure_does_not_flush_the_batch_again(
     release_supervisor = threading.Event()
     wb: wbactor.WriteBehind[int]
 
-    fail = Ledger.fail
+    fail = Attempts.fail
 
     def slow_fail(self: Any, *args: Any, **kwargs: Any) -> Any:
         release_supervisor.wait(WAIT)  # hold the supervisor back
         return fail(self, *args, **kwargs)
 
-    monkeypatch.setattr(Ledger, "fail", slow_fail)
+    monkeypatch.setattr(Attempts, "fail", slow_fail)
 
     def flusher(batch: list[int]) -> None:
         calls.append(batch)

@@ -93,7 +93,7 @@ def test_the_connection_is_opened_on_the_first_flush_not_before(
         assert table(path) == {1: 10}
 
 
-def test_a_batch_with_one_bad_row_writes_nothing_and_is_dropped(
+def test_a_bad_row_is_isolated_and_rejected_and_the_rest_of_its_batch_written(
     tmp_path: Path, clock: ManualClock
 ) -> None:
     path = tmp_path / "kv.db"
@@ -108,29 +108,28 @@ def test_a_batch_with_one_bad_row_writes_nothing_and_is_dropped(
         wb.push((0, 0))
         wb.flush(WAIT)  # the table exists, with one row
         wb.ref.tell(wbactor.PushMany([(1, 10), (2, None), (3, 30)]))
-        wb.ref.tell(wbactor.Flush())
-        wb.wait_for(lambda s: s.retries == 1, WAIT)
-        clock.advance(wbactor.default_backoff(1))
-        wb.wait_for(lambda s: s.dropped_total == 3, WAIT)
-        assert table(path) == {0: 0}  # nothing of the failed batch
-        wb.push((4, 40))  # the queue goes on with a fresh flusher
+        wb.flush(WAIT)  # no backoff: a permanent error is bisected at once
+        assert table(path) == {0: 0, 1: 10, 3: 30}
+        wb.push((4, 40))  # the queue goes on
         wb.flush(WAIT)
-    assert table(path) == {0: 0, 4: 40}
-    assert drops.calls == [
-        ((1, 10), wbactor.DropReason.RETRIES_EXHAUSTED),
-        ((2, None), wbactor.DropReason.RETRIES_EXHAUSTED),
-        ((3, 30), wbactor.DropReason.RETRIES_EXHAUSTED),
-    ]
+        stats = wb.stats()
+    assert table(path) == {0: 0, 1: 10, 3: 30, 4: 40}
+    assert drops.calls == [((2, None), wbactor.DropReason.REJECTED)]
+    # The batch, its first half [1, 2], and [2] alone failed; none restarted.
+    assert (stats.retries, stats.restarts) == (3, 0)
+    assert stats.dropped == {wbactor.DropReason.REJECTED: 1}
     errors = store_errors(logs)
-    assert len(errors) == 2  # the attempt and its retry
+    assert len(errors) == 3
     for error in errors:
         assert error["store"] == "sqlite"
         assert error["permanent"] is True
         assert error["sqlstate"] is None
         assert error["log_level"] == "warning"
         assert "NOT NULL constraint failed: kv.v" in str(error["error"])
-    [exhausted] = [e for e in logs if e["event"] == "retries_exhausted"]
-    assert str(exhausted["error"]).startswith("PermanentStoreError: sqlite ")
+    [rejected] = [e for e in logs if e["event"] == "items_rejected"]
+    assert rejected["count"] == 1
+    assert str(rejected["error"]).startswith("PermanentStoreError: sqlite ")
+    assert not [e for e in logs if e["event"] == "retries_exhausted"]
 
 
 def test_a_locked_database_is_transient_and_a_fresh_flusher_writes_the_batch(

@@ -280,12 +280,12 @@ class WriteBehind(Generic[T]):
         except BaseException:
             # A KeyboardInterrupt in the drain (a second Ctrl-C at exit):
             # what is left is dropped, counted, and the actors stopped.
-            run.drops.report(*self._ledger.abandon())
+            run.drops.report(*self._ledger.attempts.abandon())
             self._stop_actors(time.monotonic())
             self._finish()
             raise
         if not drained:
-            run.drops.report(*self._ledger.abandon())
+            run.drops.report(*self._ledger.attempts.abandon())
         self._stop_actors(deadline)
         return self._finish()
 

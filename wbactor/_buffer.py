@@ -55,7 +55,10 @@ class PolicyBuffer(Generic[T]):
         self._by_key: OrderedDict[Hashable, T] = OrderedDict()
         self.head = 0
         self.in_flight: list[T] | None = None
-        self.in_flight_start = 0
+        self.in_flight_start = 0  # position of in_flight[0], or a lower bound
+        # The batch in flight settles part by part, head first: one part
+        # when taken; more once a permanent failure splits it (bisection).
+        self._parts: deque[int] = deque()
         self.coalesced = 0
         self.rejected = 0
         self.flushed = 0
@@ -206,22 +209,82 @@ class PolicyBuffer(Generic[T]):
         self.in_flight_start = self.head
         self.head += k
         self.in_flight = batch
+        self._parts = deque([k])
         return batch
 
+    def head_part(self) -> list[T]:
+        """Return a copy of the part of the batch in flight to flush next."""
+        if self.in_flight is None:
+            return []
+        return self.in_flight[: self._parts[0]]
+
     def complete(self) -> int:
-        """Count the batch in flight as flushed; return its size."""
-        batch = self.in_flight
-        if batch is None:
+        """Count the head part of the batch in flight as flushed; return its size.
+
+        With one part (no failure split the batch), that is the whole batch.
+        """
+        if self.in_flight is None:
             return 0
-        self.in_flight = None
-        self.flushed += len(batch)
+        size = self._settle_head()
+        self.flushed += size
         self.batches += 1
-        return len(batch)
+        return size
+
+    def split_head(self) -> tuple[int, int]:
+        """Split the head part in two, the first ceil(n/2) items first; return sizes."""
+        size = self._parts[0]
+        first = (size + 1) // 2
+        self._parts[0] = first
+        self._parts.insert(1, size - first)
+        return first, size - first
+
+    def drop_head(self, reason: DropReason) -> list[T]:
+        """Drop the head part with `reason`; return its items."""
+        if self.in_flight is None:
+            return []
+        items = self.in_flight[: self._parts[0]]
+        self.dropped[reason] += self._settle_head()
+        return items
+
+    def settle_head_partly(
+        self, failed: list[int], reason: DropReason | None
+    ) -> list[T]:
+        """Count the head part flushed but for the items at `failed` (sorted, unique).
+
+        With a `reason`, those are dropped with it and returned; without,
+        they stay in flight, in order, as the new head part (retried), and
+        nothing is returned.
+        """
+        assert self.in_flight is not None  # noqa: S101 - the ledger checks
+        size = self._parts[0]
+        head = self.in_flight[:size]
+        failures = [head[i] for i in failed]
+        self.flushed += size - len(failures)
+        if reason is not None:
+            self.dropped[reason] += len(failures)
+            self._settle_head()
+            return failures
+        # The first failed item's position is at least that far on.
+        self.in_flight_start += failed[0]
+        self.in_flight[:size] = failures
+        self._parts[0] = len(failures)
+        return []
+
+    def _settle_head(self) -> int:
+        """Take the head part out of flight; return its size."""
+        assert self.in_flight is not None  # noqa: S101 - callers check
+        size = self._parts.popleft()
+        del self.in_flight[:size]
+        self.in_flight_start += size
+        if not self._parts:
+            self.in_flight = None
+        return size
 
     def drop_in_flight(self, reason: DropReason) -> list[T]:
-        """Drop the batch in flight with `reason`; return its items."""
+        """Drop the whole batch in flight, every part, with `reason`; return it."""
         batch = self.in_flight or []
         self.in_flight = None
+        self._parts.clear()
         self.dropped[reason] += len(batch)
         return batch
 

@@ -18,8 +18,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
-from wbactor._log import BATCH_FLUSHED, FLUSHER_CLOSE_FAILED, describe
+from wbactor._failures import Failure, read_failure
+from wbactor._log import (
+    BATCH_FLUSHED,
+    BATCH_SPLIT,
+    FLUSHER_CLOSE_FAILED,
+    ITEMS_REJECTED,
+    describe,
+)
 from wbactor._messages import (
+    STALE,
     BatchFailed,
     BatchFlushed,
     FlusherDied,
@@ -27,6 +35,7 @@ from wbactor._messages import (
     Stale,
     tell_quietly,
 )
+from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
     import threading
@@ -34,7 +43,7 @@ if TYPE_CHECKING:
     from types import TracebackType
 
     from wbactor._config import FlusherLike
-    from wbactor._drops import ActorThreads
+    from wbactor._drops import ActorThreads, DropReporter
     from wbactor._ledger import Ledger
     from wbactor._log import QueueLog
 
@@ -73,8 +82,10 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         flusher: FlusherLike[T],
         epoch: int,
         ledger: Ledger[T],
+        drops: DropReporter[T],
         threads: ActorThreads,
         log: QueueLog,
+        classify: Callable[[BaseException], Failure],
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
         owns_flusher: bool,
@@ -84,7 +95,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._flusher = flusher
         self._flush = as_flush_function(flusher)
         self._epoch = epoch
-        self._ledger = ledger
+        self._attempts = ledger.attempts
+        self._drops = drops
+        self._classify = classify
         self._threads = threads
         self._log = log
         self._supervisor = supervisor
@@ -107,23 +120,19 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             self._run()
 
     def _run(self) -> None:
-        epoch, ledger, flush = self._epoch, self._ledger, self._flush
-        batch = ledger.start_attempt(epoch)
-        while batch is not None:
+        epoch, attempts, flush = self._epoch, self._attempts, self._flush
+        batch: list[T] | Stale | None = attempts.start(epoch)
+        while isinstance(batch, list):
             started = time.perf_counter()
             try:
                 result = flush(batch)
                 if inspect.isawaitable(result):
                     self._await(result)
-            except BaseException as error:  # noqa: BLE001 - every failure is retried
-                # Run nothing more: until the supervisor retires this
-                # epoch, a RunBatches already queued here would retry
-                # the batch at once, beside the retry the supervisor makes.
-                self._failed = True
-                tell_quietly(self._supervisor, BatchFailed(epoch, error))
-                return
+            except BaseException as error:  # noqa: BLE001 - every failure is handled
+                batch = self._failed_with(error, batch)
+                continue
             duration = time.perf_counter() - started
-            after = ledger.complete(epoch)
+            after = attempts.complete(epoch)
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
             # Logged once counted: a late result of an abandoned attempt is not.
@@ -131,7 +140,47 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
                 BATCH_FLUSHED, batch_size=len(batch), duration=duration
             )
             batch = after
-        tell_quietly(self._supervisor, BatchFlushed(epoch))
+        if batch is None:  # idle: every batch settled
+            tell_quietly(self._supervisor, BatchFlushed(self._epoch))
+
+    def _failed_with(self, error: BaseException, batch: list[T]) -> list[T] | Stale:
+        """Act on a failed attempt; return what to flush next, or STALE to stop.
+
+        PERMANENT: the culprits are isolated here, at once (bisection), and
+        the next part or batch returned. TRANSIENT: the supervisor retries
+        after a backoff, with a fresh flusher; this actor runs nothing more
+        (a RunBatches already queued here would retry the batch at once,
+        beside the supervisor's retry).
+        """
+        verdict = read_failure(error, len(batch), self._classify, self._log)
+        permanent = verdict.kind is Failure.PERMANENT
+        if verdict.failed is not None and (permanent or not verdict.failed):
+            isolated = self._attempts.partly(
+                self._epoch, verdict.failed, permanent=True
+            )
+        elif verdict.failed is not None:
+            self._attempts.partly(self._epoch, verdict.failed, permanent=False)
+            return self._retry_later(error)
+        elif permanent:
+            isolated = self._attempts.isolate(self._epoch)
+        else:
+            return self._retry_later(error)
+        if isolated.split is not None:
+            self._log.hot().debug(BATCH_SPLIT, batch_size=len(batch), parts=2)
+        if isolated.rejected:
+            self._log.logger.warning(
+                ITEMS_REJECTED, count=len(isolated.rejected), error=describe(error)
+            )
+            self._drops.report(isolated.rejected, DropReason.REJECTED)
+        if isolated.batch is None:
+            tell_quietly(self._supervisor, BatchFlushed(self._epoch))
+            return STALE  # idle: nothing more to run
+        return isolated.batch
+
+    def _retry_later(self, error: BaseException) -> Stale:
+        self._failed = True
+        tell_quietly(self._supervisor, BatchFailed(self._epoch, error))
+        return STALE
 
     def _await(self, awaitable: Awaitable[object]) -> None:
         """Run an async flush to completion on this actor's own event loop."""

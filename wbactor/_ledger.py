@@ -1,11 +1,11 @@
 """The ledger: the one lock-guarded record of where every item is.
 
 It owns the lock and its conditions, the `PolicyBuffer` (queued items, the
-batch in flight, the counters) and the attempt record of the batch in flight
-(`epoch`, `failures`, `started`, `abandoned`). Every actor and producer reads
-and writes the queue's state through its methods, which take the lock:
-admission (`_admission.py`), the mailbox (`_mailbox.py`), the queue actor, the
-flusher and the supervisor.
+batch in flight, the counters) and, as `ledger.attempts` (`_attempts.py`),
+the attempt record of the batch in flight (`epoch`, `failures`, `started`,
+`abandoned`). Every actor and producer reads and writes the queue's state
+through their methods, which take the lock: admission (`_admission.py`), the
+mailbox (`_mailbox.py`), the queue actor, the flusher and the supervisor.
 
 Epochs fence out late results: each flusher runs for one epoch, and a
 failure or an abandon moves the epoch on, so a result reported for an older
@@ -30,13 +30,13 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
+from wbactor._attempts import Attempts
 from wbactor._buffer import PolicyBuffer
 from wbactor._errors import QueueClosedError
-from wbactor._messages import STALE, Stale
 from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from wbactor._drops import ActorThreads
     from wbactor._stats import Stats
 
-__all__ = ["Attempt", "Dropped", "Failed", "Ledger"]
+__all__ = ["Dropped", "Ledger"]
 
 T = TypeVar("T")
 
@@ -58,34 +58,8 @@ Dropped = tuple[list[T], DropReason]
 """Items a ledger method evicted, and why: the caller reports them."""
 
 
-class Attempt(NamedTuple):
-    """What the supervisor needs to know of the attempt in flight."""
-
-    epoch: int
-    """The current epoch: only a flusher of this epoch may report."""
-
-    started: float | None
-    """Clock time the current attempt started; None if not started yet."""
-
-    in_flight: bool
-    """Whether a batch is in flight."""
-
-
-class Failed(NamedTuple):
-    """A failure the ledger counted (`Ledger.fail`)."""
-
-    failures: int
-    """Failed attempts of the batch in flight, this one included."""
-
-    batch_size: int
-    """Items in that batch; 0 if nothing was in flight."""
-
-    epoch: int
-    """The epoch that replaces the failed one."""
-
-
 class Ledger(Generic[T]):
-    """The lock, the `PolicyBuffer` it guards, and the attempt in flight."""
+    """The lock, the `PolicyBuffer` it guards, and `attempts`, the attempt in flight."""
 
     def __init__(self, config: Config[T], clock: Clock, threads: ActorThreads) -> None:
         """Make an empty, open ledger for `config`."""
@@ -107,16 +81,13 @@ class Ledger(Generic[T]):
         self._stopped = False  # the queue actor stopped: its final Stats are taken
         self.batch_ready = False  # the queue actor was woken for a full batch
         self._room_waiters = 0
-        # The attempt record of the batch in flight.
-        self._epoch = 0
-        self._failures = 0
-        self._started: float | None = None
-        self._abandoned = False  # an attempt was given up on at stop: may hang
         # Pending flushes: (position they cover, reply future or None), in order.
         self._flushes: deque[tuple[int, pykka.Future[Any] | None]] = deque()
         self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
         self._retrigger()
+        self.attempts: Attempts[T] = Attempts(self)
+        """The attempt record of the batch in flight, under this lock."""
 
     # -- admission (producers' threads) -------------------------------------
 
@@ -282,8 +253,7 @@ class Ledger(Generic[T]):
             if not force and len(buffer) < self._batch_size:
                 return False
             buffer.take(self._batch_size)
-            self._failures = 0
-            self._started = None
+            self.attempts.reset()
             self._retrigger()
             self._made_room()
             return True
@@ -327,94 +297,38 @@ class Ledger(Generic[T]):
         with self.lock:
             self.buffer.mark(now)
 
-    # -- attempts (the flusher) ---------------------------------------------
+    # -- settling (lock held; for `Attempts`) -------------------------------
 
-    def start_attempt(self, epoch: int) -> list[T] | None:
-        """Return a copy of the batch in flight for `epoch`'s attempt, or None."""
-        with self.lock:
-            batch = self.buffer.in_flight
-            if epoch != self._epoch or batch is None:
-                return None
-            self._started = self._clock.now()
-            return list(batch)
+    def now(self) -> float:
+        """Return the clock's time."""
+        return self._clock.now()
 
-    def complete(self, epoch: int) -> list[T] | Stale | None:
-        """Count the batch in flight as flushed; return the next full batch.
+    def settled(self) -> None:
+        """Note (lock held) that items in flight settled, or an attempt failed.
 
-        Returns `STALE` (nothing counted) if `epoch` was replaced, and None
-        when no full batch waits: the flusher goes idle.
+        Answers the flushes now done, recomputes the trigger, lets producers
+        waiting for room and waiters on outcomes look again.
         """
-        with self.lock:
-            if epoch != self._epoch:
-                return STALE
-            buffer = self.buffer
-            buffer.complete()
-            self._failures = 0
-            if self._flushes:
-                self._answer_flushes()
-            self._progress.notify_all()
-            self._retrigger()  # idle now: before reading the length, see there
-            if len(buffer) >= self._batch_size:
-                batch = buffer.take(self._batch_size)
-                self._retrigger()
-                self._made_room()
-                self._started = self._clock.now()
-                return list(batch)
-            self._started = None
-            return None
-
-    # -- failures (the supervisor) ------------------------------------------
-
-    def attempt(self) -> Attempt:
-        """Return the current epoch and its attempt."""
-        with self.lock:
-            in_flight = self.buffer.in_flight is not None
-            return Attempt(self._epoch, self._started, in_flight)
-
-    def fail(self, epoch: int, started: float | None = None) -> Failed | None:
-        """Count a failed attempt of `epoch` and retire that epoch.
-
-        Returns None if `epoch` was already replaced (a stale report) or,
-        when `started` is given, its attempt is no longer the one that
-        started then.
-        """
-        with self.lock:
-            if epoch != self._epoch:
-                return None
-            if started is not None and started != self._started:
-                return None
-            self._epoch += 1
-            self._started = None
-            batch = self.buffer.in_flight
-            if batch is None:
-                return Failed(0, 0, self._epoch)
-            self._failures += 1
-            self.buffer.retries += 1
-            self._progress.notify_all()
-            return Failed(self._failures, len(batch), self._epoch)
-
-    def rebase_attempt(self, epoch: int, started: float, now: float) -> None:
-        """Restart the attempt's clock at `now` (the clock stepped back before it)."""
-        with self.lock:
-            if epoch == self._epoch and started == self._started:
-                self._started = now
-
-    def drop_in_flight(self, reason: DropReason) -> Dropped[T]:
-        """Drop the batch in flight; return its items for reporting."""
-        with self.lock:
-            self._failures = 0
-            items = self.buffer.drop_in_flight(reason)
-            self._retrigger()
+        if self._flushes:
             self._answer_flushes()
-            self._progress.notify_all()
-            return items, reason
+        self._retrigger()
+        self._made_room()
+        self._progress.notify_all()
 
-    def count_restart(self) -> int:
-        """Count a flusher restart; return the total."""
-        with self.lock:
-            self.buffer.restarts += 1
-            self._progress.notify_all()
-            return self.buffer.restarts
+    def settled_batch(self) -> list[T] | None:
+        """Note (lock held) the batch in flight settled; take the next full one.
+
+        Returns the next batch, now in flight, if `batch_size` items are
+        queued, so the flusher chains it without a message; else None.
+        """
+        self.settled()  # idle now: retriggered before the length is read
+        buffer = self.buffer
+        if len(buffer) < self._batch_size:
+            return None
+        batch = buffer.take(self._batch_size)
+        self._retrigger()
+        self._made_room()
+        return batch
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -436,29 +350,6 @@ class Ledger(Generic[T]):
     def stopped(self) -> bool:
         """Whether the queue actor stopped."""
         return self._stopped
-
-    @property
-    def abandoned(self) -> bool:
-        """Whether an attempt was given up on at stop (it may hang for good)."""
-        return self._abandoned
-
-    def abandon(self) -> Dropped[T]:
-        """Give up on everything queued or in flight (stop ran out of time).
-
-        The epoch moves on, so a late result from a hung attempt is ignored.
-        Returns the items, now counted as dropped with `closed`.
-        """
-        with self.lock:
-            self._epoch += 1
-            self._started = None
-            buffer = self.buffer
-            if buffer.in_flight is not None:
-                self._abandoned = True
-            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
-            self._retrigger()
-            self._answer_flushes()
-            self._progress.notify_all()
-            return items, _CLOSED
 
     # -- reading ------------------------------------------------------------
 

@@ -34,6 +34,10 @@ FLUSHER_CLOSE_FAILED = "flusher_close_failed"
 RETRY_BACKOFF_FAILED = "retry_backoff_failed"
 PUSH_MANY_FAILED = "push_many_failed"
 ACTOR_ABANDONED = "actor_abandoned"
+ITEMS_REJECTED = "items_rejected"
+BATCH_SPLIT = "batch_split"
+CLASSIFY_FAILED = "classify_failed"
+FLUSHER_BUG = "flusher_bug"
 
 DROP_LOG_INTERVAL = 1.0
 """Seconds between two `items_dropped` lines for the same reason."""

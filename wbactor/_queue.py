@@ -142,7 +142,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         for future in futures:
             error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
             future.set_exception((pykka.ActorDeadError, error, None))
-        self._drops.report(*self.ledger.abandon())
+        self._drops.report(*self.ledger.attempts.abandon())
         self._drop_log.flush_all()
         for ref in (self.supervisor, self._timer):
             if ref is not None:

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 import pykka
 
 from wbactor._config import clamp_backoff, default_backoff
-from wbactor._errors import FlusherDiedError, FlushTimeoutError
+from wbactor._errors import (
+    FlusherDiedError,
+    FlushTimeoutError,
+    PartialFailure,
+    RetryAfter,
+)
+from wbactor._failures import default_classify
 from wbactor._flusher import FlusherActor, close_flusher
 from wbactor._log import (
     ACTOR_ABANDONED,
@@ -39,7 +45,6 @@ from wbactor._messages import (
     WatchdogDue,
     tell_quietly,
 )
-from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock
@@ -89,10 +94,12 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._timer = timer
         self._queue = queue
         self._backoff = config.retry_backoff or default_backoff
+        self._classify = config.classify or default_classify
         self._first_flusher: FlusherLike[T] | None = first_flusher
         self._flusher: pykka.ActorRef[Any] | None = None
         # The epoch of the current flusher, as the ledger's calls returned it.
-        self._epoch = ledger.attempt().epoch
+        self._attempts = ledger.attempts
+        self._epoch = self._attempts.attempt().epoch
         self._retired = threading.Event()
         # Retired flusher actors that are not hung, and their stop futures.
         self._stopping: list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]] = []
@@ -119,7 +126,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         attempt was abandoned may hang for good: it is left to stop when
         (if) its flush returns, and a shared flusher is then not closed.
         """
-        abandoned = self._ledger.abandoned
+        abandoned = self._attempts.abandoned
         self._retire(hung=abandoned)
         if not self._handed_over:
             for _, stopped in self._stopping:
@@ -134,7 +141,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
 
     def _retire_for_stop(self) -> list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]]:
         """Retire the flusher actor; return the actors to wait for, and how."""
-        self._retire(hung=self._ledger.abandoned)
+        self._retire(hung=self._attempts.abandoned)
         self._handed_over = True
         return list(self._stopping)
 
@@ -169,8 +176,10 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             flusher=flusher,
             epoch=self._epoch,
             ledger=self._ledger,
+            drops=self._drops,
             threads=self._threads,
             log=self._log,
+            classify=self._classify,
             supervisor=self.actor_ref,
             retired=self._retired,
             owns_flusher=self._config.flusher_factory is not None,
@@ -209,13 +218,13 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
                 self._failed(self._epoch, error, cause)
                 return
         self._spawn(flusher)
-        restarts = self._ledger.count_restart()
+        restarts = self._attempts.count_restart()
         self._log.logger.warning(FLUSHER_RESTARTED, restarts=restarts, cause=cause)
         self._run()
 
     def _run(self) -> None:
         """Tell the flusher to run the batch in flight; watch it if timed."""
-        attempt = self._ledger.attempt()
+        attempt = self._attempts.attempt()
         if self._flusher is None or not attempt.in_flight:
             return  # a restart is pending and will run it, or nothing to run
         # Watch before running: the deadline must be fixed on the clock
@@ -239,14 +248,14 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         started: float | None = None,
     ) -> None:
         now = self._clock.now()  # read before the failure shows in Stats
-        failed = self._ledger.fail(epoch, started)
+        failed = self._attempts.fail(epoch, started)
         if failed is None:
             return  # a stale report from a retired flusher
         failures, batch_size, self._epoch = failed
         self._retire(hung=cause == "timeout")
         max_retries = self._config.max_retries
         if batch_size and 0 <= max_retries < failures:
-            dropped = self._ledger.drop_in_flight(DropReason.RETRIES_EXHAUSTED)
+            dropped, more = self._attempts.exhaust()
             self._log.logger.error(
                 RETRIES_EXHAUSTED,
                 batch_size=batch_size,
@@ -254,13 +263,15 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
                 error=describe(error),
             )
             self._drops.report(*dropped)
-            self._restart(cause)  # a fresh flusher for the next batch, at once
-            tell_quietly(self._queue, BatchDropped(self._epoch))
+            # A fresh flusher at once, for the batch's next part or the next batch.
+            self._restart(cause)
+            if not more:
+                tell_quietly(self._queue, BatchDropped(self._epoch))
             return
         # With nothing in flight (an idle flusher died, or a factory failed)
         # the restart still waits a first backoff, so a factory that keeps
         # failing cannot spin.
-        delay = self._backoff_for(max(failures, 1))
+        delay = self._backoff_for(max(failures, 1), error)
         if batch_size:
             self._log.logger.warning(
                 FLUSH_FAILED,
@@ -272,13 +283,19 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             )
         self._schedule(delay, RestartDue(self._epoch, cause), now)
 
-    def _backoff_for(self, attempt: int) -> float:
-        """Return `retry_backoff(attempt)`; on a bad answer, log it and use the default.
+    def _backoff_for(self, attempt: int, error: BaseException) -> float:
+        """Return the backoff before retry `attempt`, after `error`.
 
-        `retry_backoff` is user code running in this actor: what it raises must
-        not escape into pykka. A delay is clamped to [0, 3600] seconds (NaN
-        means none); a non-number is logged and the default used.
+        A `RetryAfter` (also as a `PartialFailure`'s error) gives it;
+        otherwise `retry_backoff(attempt)`. That is user code running in this
+        actor: what it raises must not escape into pykka. A delay is clamped
+        to [0, 3600] seconds (NaN means none); a non-number is logged and the
+        default used.
         """
+        if isinstance(error, PartialFailure):
+            error = error.error
+        if isinstance(error, RetryAfter):
+            return error.delay
         try:
             return clamp_backoff(self._backoff(attempt))
         except Exception as error:  # noqa: BLE001 - user code; logged, default used
@@ -291,13 +308,13 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         """Fail the attempt in flight if it has run `flush_timeout` or more."""
         self._watching = False
         timeout = self._config.flush_timeout
-        epoch, started, in_flight = self._ledger.attempt()
+        epoch, started, in_flight = self._attempts.attempt()
         if timeout is None or not in_flight or self._flusher is None:
             return  # idle, or a restart is pending and will watch again
         now = self._clock.now()
         if started is not None and now < started:
             # The clock stepped back: count the step as no time, from now.
-            self._ledger.rebase_attempt(epoch, started, now)
+            self._attempts.rebase(epoch, started, now)
             started = now
         if started is not None and now - started >= timeout:
             error = FlushTimeoutError(f"flush attempt exceeded {timeout} s")
