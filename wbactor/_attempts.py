@@ -22,6 +22,8 @@ from wbactor._messages import STALE, Stale
 from wbactor._stats import DropReason
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from wbactor._ledger import Dropped, Ledger
 
 __all__ = ["Attempt", "Attempts", "Failed", "Isolated"]
@@ -85,6 +87,9 @@ class Attempts(Generic[T]):
         self._failures = 0  # transient failures of the head part
         self._started: float | None = None
         self._abandoned = False  # an attempt was given up on at stop: may hang
+        self.observers: list[Callable[[float], object]] = []
+        """Called by the flusher actor, outside the lock, with the seconds
+        each flush attempt took, failed ones included (for metrics)."""
 
     def reset(self) -> None:
         """Start (lock held) the record of a batch just taken into flight."""

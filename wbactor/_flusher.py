@@ -24,6 +24,7 @@ from wbactor._log import (
     BATCH_SPLIT,
     FLUSHER_CLOSE_FAILED,
     ITEMS_REJECTED,
+    OBSERVER_FAILED,
     describe,
 )
 from wbactor._messages import (
@@ -129,9 +130,11 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
                 if inspect.isawaitable(result):
                     self._await(result)
             except BaseException as error:  # noqa: BLE001 - every failure is handled
+                self._observe(time.perf_counter() - started)
                 batch = self._failed_with(error, batch)
                 continue
             duration = time.perf_counter() - started
+            self._observe(duration)
             after = attempts.complete(epoch)
             if isinstance(after, Stale):
                 return  # retired while flushing: the result is not ours to count
@@ -176,6 +179,14 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             tell_quietly(self._supervisor, BatchFlushed(self._epoch))
             return STALE  # idle: nothing more to run
         return isolated.batch
+
+    def _observe(self, duration: float) -> None:
+        """Tell the attempt's duration to the observers (metrics); never raise."""
+        for observer in self._attempts.observers:
+            try:
+                observer(duration)
+            except Exception as error:  # noqa: BLE001 - an exporter's bug
+                self._log.logger.warning(OBSERVER_FAILED, error=describe(error))
 
     def _retry_later(self, error: BaseException) -> Stale:
         self._failed = True

@@ -38,6 +38,7 @@ ITEMS_REJECTED = "items_rejected"
 BATCH_SPLIT = "batch_split"
 CLASSIFY_FAILED = "classify_failed"
 FLUSHER_BUG = "flusher_bug"
+OBSERVER_FAILED = "observer_failed"
 
 DROP_LOG_INTERVAL = 1.0
 """Seconds between two `items_dropped` lines for the same reason."""
