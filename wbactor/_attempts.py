@@ -46,6 +46,9 @@ class Attempt(NamedTuple):
     in_flight: bool
     """Whether a batch is in flight."""
 
+    batches: int = 1
+    """Batches handed over in this attempt (a window: `flush_timeout` each)."""
+
 
 class Failed(NamedTuple):
     """A transient failure the ledger counted (`Attempts.fail`)."""
@@ -86,6 +89,7 @@ class Attempts(Generic[T]):
         self._epoch = 0
         self._failures = 0  # transient failures of the head part
         self._started: float | None = None
+        self._batches = 1  # batches handed over in the current attempt
         self._abandoned = False  # an attempt was given up on at stop: may hang
         self.observers: list[Callable[[float], object]] = []
         """Called by the flusher actor, outside the lock, with the seconds
@@ -104,6 +108,7 @@ class Attempts(Generic[T]):
             if epoch != self._epoch or self._buffer.in_flight is None:
                 return None
             self._started = self._ledger.now()
+            self._batches = 1
             return self._buffer.head_part()
 
     def complete(self, epoch: int) -> Next[T]:
@@ -164,6 +169,7 @@ class Attempts(Generic[T]):
         buffer = self._buffer
         self._failures = 0
         ledger = self._ledger
+        self._batches = 1
         if buffer.in_flight is not None:  # more parts of this batch
             ledger.settled()
             self._started = ledger.now()
@@ -176,13 +182,54 @@ class Attempts(Generic[T]):
         self._started = ledger.now()
         return list(batch)
 
+    # -- a window of batches (worker processes) -----------------------------
+
+    def window(self, epoch: int, most: int, batch_size: int) -> list[list[T]] | Stale:
+        """Return copies of the parts to hand over at once, at most `most`.
+
+        Tops the batch in flight up with full batches, each a part of its own,
+        so one hand-off to a worker process carries several (one hand-off
+        costs the parent up to a GIL switch interval under load). Returns []
+        when nothing is in flight or queued in full, `STALE` if `epoch` was
+        replaced.
+        """
+        ledger = self._ledger
+        with ledger.lock:
+            if epoch != self._epoch:
+                return STALE
+            buffer = self._buffer
+            topped = False
+            while buffer.count_parts() < most and len(buffer) >= batch_size:
+                if buffer.in_flight is None:
+                    self.reset()
+                buffer.extend_flight(batch_size)
+                topped = True
+            if topped:
+                ledger.settled()  # room made; the trigger follows the flight
+            parts = buffer.parts(most)
+            self._started = ledger.now() if parts else None
+            self._batches = max(1, len(parts))
+            return parts
+
+    def complete_parts(self, epoch: int, done: int) -> bool:
+        """Count the first `done` parts in flight as flushed; False if stale."""
+        with self._ledger.lock:
+            if epoch != self._epoch:
+                return False
+            for _ in range(done):
+                self._buffer.complete()
+            if done:
+                self._failures = 0
+                self._ledger.settled()
+            return True
+
     # -- the supervisor -----------------------------------------------------
 
     def attempt(self) -> Attempt:
         """Return the current epoch and its attempt."""
         with self._ledger.lock:
             in_flight = self._buffer.in_flight is not None
-            return Attempt(self._epoch, self._started, in_flight)
+            return Attempt(self._epoch, self._started, in_flight, self._batches)
 
     def fail(self, epoch: int, started: float | None = None) -> Failed | None:
         """Count a transient failure of `epoch`'s attempt and retire that epoch.

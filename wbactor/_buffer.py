@@ -212,6 +212,39 @@ class PolicyBuffer(Generic[T]):
         self._parts = deque([k])
         return batch
 
+    def extend_flight(self, n: int) -> None:
+        """Take up to `n` more of the oldest items into flight, as a part of their own.
+
+        For a window of several batches handed over at once: the part goes
+        behind those in flight, in push order.
+        """
+        if self.in_flight is None:
+            self.take(n)
+            return
+        k = min(n, len(self))
+        if self._keyed:
+            popitem = self._by_key.popitem
+            self.in_flight.extend(popitem(last=False)[1] for _ in range(k))
+        else:
+            popleft = self._items.popleft
+            self.in_flight.extend(popleft() for _ in range(k))
+        self.head += k
+        self._parts.append(k)
+
+    def parts(self, most: int) -> list[list[T]]:
+        """Return copies of up to `most` parts in flight, head first."""
+        if self.in_flight is None:
+            return []
+        parts, start = [], 0
+        for size in list(self._parts)[:most]:
+            parts.append(self.in_flight[start : start + size])
+            start += size
+        return parts
+
+    def count_parts(self) -> int:
+        """Return how many parts are in flight."""
+        return len(self._parts)
+
     def head_part(self) -> list[T]:
         """Return a copy of the part of the batch in flight to flush next."""
         if self.in_flight is None:

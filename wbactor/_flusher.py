@@ -71,6 +71,10 @@ def close_flusher(flusher: object, log: QueueLog) -> None:
         log.logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
 
 
+WINDOW = 8
+"""Most batches handed to a flusher with `flush_many` (a worker process) at once."""
+
+
 class FlusherActor(pykka.ThreadingActor, Generic[T]):
     """Runs the user's flusher for one supervisor epoch."""
 
@@ -87,6 +91,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         threads: ActorThreads,
         log: QueueLog,
         classify: Callable[[BaseException], Failure],
+        batch_size: int,
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
         owns_flusher: bool,
@@ -95,6 +100,14 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         super().__init__()
         self._flusher = flusher
         self._flush = as_flush_function(flusher)
+        # A flusher that takes several batches in one call (a worker process:
+        # one hand-off costs the parent up to a GIL switch interval) gets a
+        # window of them: flush_many(batches) -> (batches written, error).
+        flush_many = getattr(flusher, "flush_many", None)
+        self._flush_many: (
+            Callable[[list[list[T]]], tuple[int, BaseException | None]] | None
+        ) = flush_many if callable(flush_many) else None
+        self._batch_size = batch_size
         self._epoch = epoch
         self._attempts = ledger.attempts
         self._drops = drops
@@ -121,6 +134,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             self._run()
 
     def _run(self) -> None:
+        if self._flush_many is not None:
+            self._run_windows(self._flush_many)
+            return
         epoch, attempts, flush = self._epoch, self._attempts, self._flush
         batch: list[T] | Stale | None = attempts.start(epoch)
         while isinstance(batch, list):
@@ -145,6 +161,37 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             batch = after
         if batch is None:  # idle: every batch settled
             tell_quietly(self._supervisor, BatchFlushed(self._epoch))
+
+    def _run_windows(
+        self, flush_many: Callable[[list[list[T]]], tuple[int, BaseException | None]]
+    ) -> None:
+        """Hand the batches over a window at a time, until none is left or one fails.
+
+        Batches are written in order; a failure stops the window at the
+        failed batch, whose failure is handled as any other (the batches
+        behind it come back unwritten and go again, in order).
+        """
+        epoch, attempts = self._epoch, self._attempts
+        while True:
+            parts = attempts.window(epoch, WINDOW, self._batch_size)
+            if isinstance(parts, Stale):
+                return
+            if not parts:
+                tell_quietly(self._supervisor, BatchFlushed(epoch))  # idle
+                return
+            started = time.perf_counter()
+            try:
+                done, error = flush_many(parts)
+                done = max(0, min(int(done), len(parts) - (error is not None)))
+            except BaseException as raised:  # noqa: BLE001 - every failure is handled
+                done, error = 0, raised
+            self._observe(time.perf_counter() - started)
+            if not attempts.complete_parts(epoch, done):
+                return  # retired meanwhile: not ours to count
+            if error is not None and isinstance(
+                self._failed_with(error, parts[done]), Stale
+            ):
+                return
 
     def _failed_with(self, error: BaseException, batch: list[T]) -> list[T] | Stale:
         """Act on a failed attempt; return what to flush next, or STALE to stop.

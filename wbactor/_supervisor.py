@@ -180,6 +180,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             threads=self._threads,
             log=self._log,
             classify=self._classify,
+            batch_size=self._config.batch_size,
             supervisor=self.actor_ref,
             retired=self._retired,
             owns_flusher=self._config.flusher_factory is not None,
@@ -308,7 +309,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         """Fail the attempt in flight if it has run `flush_timeout` or more."""
         self._watching = False
         timeout = self._config.flush_timeout
-        epoch, started, in_flight = self._attempts.attempt()
+        epoch, started, in_flight, batches = self._attempts.attempt()
+        if timeout is not None:
+            timeout *= batches  # a window: `flush_timeout` for each batch in it
         if timeout is None or not in_flight or self._flusher is None:
             return  # idle, or a restart is pending and will watch again
         now = self._clock.now()
