@@ -11,6 +11,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any, assert_type
 
+from pykka.messages import ProxyGetAttr
+
 import wbactor
 import wbactor.testing
 
@@ -147,6 +149,22 @@ def use_a_queue(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
     assert_type(stats.oldest_age, float)
     assert_type(stats.as_dict(), dict[str, Any])
     stats.dropped[wbactor.DropReason.CLOSED] = 1  # type: ignore[index]
+
+
+def typed_queue_ref(wb: wbactor.WriteBehind[int]) -> None:
+    # `wb.ref` is typed by the item type: the pushes it accepts are checked.
+    ref: wbactor.QueueRef[int] = wb.ref
+    ref.tell(wbactor.Push(1))
+    ref.tell(wbactor.PushMany([1, 2]))
+    ref.tell(wbactor.PushMany(range(3)))
+    ref.tell(wbactor.Flush())
+    wb.ref.tell(wbactor.Push(1))
+    wb.ref.tell(wbactor.Push("x"))  # type: ignore[arg-type]
+    # pykka's own messages and methods still type-check.
+    wb.ref.ask(wbactor.Flush(), timeout=1.0)
+    wb.ref.ask(ProxyGetAttr(attr_path=("actor_urn",)))
+    assert_type(wb.ref.is_alive(), bool)
+    wb.ref.stop()
 
 
 def use_a_context_manager(cfg: wbactor.Config[PlayerState], state: PlayerState) -> None:
