@@ -249,16 +249,18 @@ class _Locked(Admission[T]):
         keyed = self._keyed(chunk)
         drops: list[tuple[T, DropReason]] = []
         ledger = self._ledger
-        with ledger.lock:
-            if ledger.closed:
-                ledger.refuse_if_stopped()
-            for key, item, key_ok in keyed:
-                dropped = self._place(key, item, key_ok=key_ok)
-                if dropped is not None:
-                    drops.append(dropped)
-            ledger.note_batch_ready()
-        for item, reason in drops:
-            self._drops.report([item], reason)
+        try:
+            with ledger.lock:
+                if ledger.closed:
+                    ledger.refuse_if_stopped()
+                for key, item, key_ok in keyed:
+                    dropped = self._place(key, item, key_ok=key_ok)
+                    if dropped is not None:
+                        drops.append(dropped)
+                ledger.note_batch_ready()
+        finally:  # also when the queue stopped midway: what was counted is told
+            for item, reason in drops:
+                self._drops.report([item], reason)
 
     def _keyed(self, items: list[T]) -> list[tuple[Hashable, T, bool]]:
         """Pair each item with its key, outside the lock (`key_func` is user code)."""
@@ -302,6 +304,10 @@ class Block(_Locked[T]):
             refused = _CLOSED
         elif len(buffer) >= self._capacity:
             refused = ledger.wait_room(self._block_timeout)
+            if refused is _CLOSED:
+                # Stopped while it waited: its final Stats are taken, so the
+                # item is refused (pykka's ActorDeadError), not counted late.
+                ledger.refuse_if_stopped()
         if refused is not None:
             buffer.reject(refused)
             return (item, refused)

@@ -356,6 +356,9 @@ class WriteBehind(Generic[T]):
         try:
             return future.get(timeout=remaining)
         except pykka.Timeout:
+            # Hung in user code, on a daemon thread: out of the registry, so
+            # ActorRegistry.stop_all() does not wait for it either.
+            pykka.ActorRegistry.unregister(ref)
             self._run.log.logger.warning(ACTOR_ABANDONED, actor=str(ref))
         except pykka.ActorDeadError:
             pass  # stopped already

@@ -198,7 +198,10 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             stopped = flusher.stop(block=False)
             self._stopping = [s for s in self._stopping if s[0].is_alive()]
             if hung:
-                # Left to stop when (if) its attempt returns: a daemon thread.
+                # Left to stop when (if) its attempt returns, on a daemon
+                # thread; out of the registry, so ActorRegistry.stop_all()
+                # does not wait for it.
+                pykka.ActorRegistry.unregister(flusher)
                 self._log.logger.warning(ACTOR_ABANDONED, actor=str(flusher))
             else:
                 self._stopping.append((flusher, stopped))
