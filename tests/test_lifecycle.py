@@ -41,7 +41,7 @@ def events(
     return [entry for entry in logs if entry["event"] == name]
 
 
-class Unprintable(Exception):  # noqa: N818 - named for what it does to a logger
+class Unprintable(Exception):
     """An exception whose str() and repr() raise."""
 
     def __str__(self) -> str:

@@ -187,6 +187,11 @@ class Schedule(NamedTuple):
     message: Any
     """What is sent."""
 
+    since: float | None = None
+    """The clock reading `deadline` was computed from, if known. Should the
+    clock step back before the timer sees this, the step counts as no time:
+    the deadline moves back with it."""
+
 
 class FlushPending(NamedTuple):
     """A `Flush` was recorded in the ledger (internal).

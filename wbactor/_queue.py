@@ -186,6 +186,7 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
             self._tick_owed = False
 
     def _schedule_tick(self) -> None:
-        deadline = self._clock.now() + self._flush_interval
+        now = self._clock.now()
         self._tick = FlushTick()
-        tell_quietly(self._timer, Schedule(deadline, self.actor_ref, self._tick))
+        schedule = Schedule(now + self._flush_interval, self.actor_ref, self._tick, now)
+        tell_quietly(self._timer, schedule)

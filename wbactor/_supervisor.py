@@ -240,7 +240,8 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
 
     def _schedule(self, delay: float, message: Any, now: float | None = None) -> None:
         start = self._clock.now() if now is None else now
-        tell_quietly(self._timer, Schedule(start + delay, self.actor_ref, message))
+        schedule = Schedule(start + delay, self.actor_ref, message, start)
+        tell_quietly(self._timer, schedule)
 
     # -- failures -----------------------------------------------------------
 

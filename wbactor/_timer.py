@@ -93,9 +93,12 @@ class TimerActor(pykka.ThreadingActor):
         """Add a schedule, or send what is due."""
         self._absorb_step_back()
         if isinstance(message, Schedule):
+            deadline = message.deadline
+            if message.since is not None and message.since > self._last_now:
+                # Computed before a step back that this timer has seen since.
+                deadline -= message.since - self._last_now
             heapq.heappush(
-                self._heap,
-                (message.deadline, next(self._seq), message.target, message.message),
+                self._heap, (deadline, next(self._seq), message.target, message.message)
             )
         elif not isinstance(message, _Due):
             return
