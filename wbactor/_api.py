@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -237,10 +238,12 @@ class WriteBehind(Generic[T]):
         logged as `actor_abandoned`. Idempotent: later calls return the same
         `Stats`.
 
-        Safe from a signal handler: if the handler interrupted this queue's
-        own code on the same thread, the stop cannot wait there, so it goes on
-        on a thread of its own and this call returns a snapshot of the moment
-        at once (a later `stop()` returns the final `Stats`).
+        Safe from a signal handler: if the handler interrupted wbactor's own
+        code on the same thread, the stop cannot wait there (that code may
+        hold a lock the stop needs), so it goes on on a thread of its own and
+        this call returns a snapshot of the moment at once (a later `stop()`
+        returns the final `Stats`). The same holds for a `stop()` called
+        from code wbactor calls on a producer's thread, such as `on_drop`.
 
         Raises:
             ValueError: `timeout` is negative or NaN (nothing changed).
@@ -251,11 +254,23 @@ class WriteBehind(Generic[T]):
         self._check_not_forked()
         limit = check_wait_timeout(timeout, "stop() timeout")
         self._run.threads.check_not_current("stop()")
-        if self.interrupted_here():
+        caller = sys._getframe(1)  # noqa: SLF001 - who called: a handler, on_drop?
+        if self.interrupted_here() or _lifecycle.called_within_wbactor(caller):
             threading.Thread(
-                target=self.stop, args=(timeout,), name="wbactor-stop", daemon=False
+                target=self._stop_now,
+                args=(limit,),
+                name="wbactor-stop",
+                daemon=False,
             ).start()
             return self._ledger.peek()
+        return self._stop_now(limit)
+
+    def _stop_now(self, limit: float | None) -> Stats:
+        """Stop as `stop(limit)` does, here, without looking at who called (internal).
+
+        For wbactor's own callers, which know they interrupted nothing: the
+        exit hook, the signal handlers, the thread `stop()` hands over to.
+        """
         with self._stop_lock:
             if self._final is None:
                 self._final = self._stop(limit)
@@ -375,11 +390,18 @@ class WriteBehind(Generic[T]):
         self._run.threads.forget()
         self._stop_lock = threading.RLock()
 
+    def _wait_reported(self, timeout: float) -> bool:
+        """Wait until every drop the ledger counted was told to `on_drop`."""
+        ledger = self._ledger
+        return self._run.drops.wait_reported(
+            lambda: sum(ledger.buffer.dropped.values()), timeout
+        )
+
     def _stop_at_exit(self) -> None:
         """Drain for at most `exit_timeout` and stop (the process is exiting)."""
         # A second Ctrl-C ends the drain: what was left is dropped, counted.
         with contextlib.suppress(KeyboardInterrupt):
-            self.stop(timeout=self._run.config.exit_timeout)
+            self._stop_now(self._run.config.exit_timeout)
 
     def wait_for(self, predicate: Callable[[Stats], bool], timeout: float) -> Stats:
         """Wait until `predicate(stats)` holds after a flush outcome.

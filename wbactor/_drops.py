@@ -77,6 +77,10 @@ class DropReporter(Generic[T]):
         """Report to `drop_log` and `on_drop`; `threads` decides what may escape."""
         self._log = log
         self._drop_log = drop_log
+        self._told = threading.Condition()
+        self.reported = 0
+        """Items handed over so far (to `on_drop`, if any): compared with the
+        drops the ledger counted, it tells whether a report is still due."""
         self._on_drop = on_drop
         self._threads = threads
 
@@ -86,6 +90,19 @@ class DropReporter(Generic[T]):
             items = list(items)
         if not items:
             return
+        try:
+            self._hand_over(items, reason)
+        finally:
+            with self._told:
+                self.reported += len(items)
+                self._told.notify_all()
+
+    def wait_reported(self, counted: Callable[[], int], timeout: float) -> bool:
+        """Wait until every drop `counted()` returns has been reported."""
+        with self._told:
+            return self._told.wait_for(lambda: self.reported >= counted(), timeout)
+
+    def _hand_over(self, items: list[T], reason: DropReason) -> None:
         self._drop_log.note(reason, len(items))
         on_drop = self._on_drop
         if on_drop is None:

@@ -23,6 +23,7 @@ import atexit
 import os
 import signal
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from wbactor._config import check_wait_timeout
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
     from wbactor._api import WriteBehind
 
-__all__ = ["stop_on_signals", "track", "untrack"]
+__all__ = ["called_within_wbactor", "in_wbactor", "stop_on_signals", "track", "untrack"]
 
 # Re-entrant: a signal handler may interrupt a track() on the same thread.
 _lock = threading.RLock()
@@ -103,14 +104,16 @@ def stop_on_signals(
             signal.signal(signum, _handle)
 
 
-def _handle(signum: int, frame: FrameType | None) -> None:  # noqa: ARG001 - signal's
+def _handle(signum: int, frame: FrameType | None) -> None:
     # A second signal of the same kind ends the process at once.
     signal.signal(signum, signal.SIG_DFL)
     with _lock:
         queues = list(_on_signal.pop(signum, ()))
-    if any(wb.interrupted_here() for wb, _ in queues):
-        # The signal interrupted one of these queues' own code on this
-        # thread: stopping here would wait for that code, so a thread does it.
+    if in_wbactor(frame) or any(wb.interrupted_here() for wb, _ in queues):
+        # The signal interrupted wbactor's own code on this thread (holding a
+        # lock, or with a drop counted and not yet told to on_drop): stopping
+        # here would wait for that code, or end the process before it is
+        # done, so a thread stops the queues while it finishes.
         threading.Thread(
             target=_stop_then_reraise,
             args=(signum, queues),
@@ -126,6 +129,44 @@ def _stop_then_reraise(
 ) -> None:
     try:
         for wb, limit in queues:
-            wb.stop(limit)
+            wb._stop_now(limit)  # noqa: SLF001 - the handle's own path
+            # Drops counted before the stop but told to on_drop on another
+            # thread (an interrupted producer): let them be told first.
+            wb._wait_reported(_REPORT_WAIT)  # noqa: SLF001 - the handle's own
     finally:
         os.kill(os.getpid(), signum)
+
+
+_REPORT_WAIT = 1.0
+"""Seconds the signal's default action waits for drops still being reported."""
+
+_PACKAGE = (
+    str(Path(__file__).parent) + os.sep,
+    str(Path(__file__).resolve().parent) + os.sep,
+)
+
+
+def called_within_wbactor(frame: FrameType | None) -> bool:
+    """Return whether wbactor's code runs below the first caller outside it.
+
+    From `frame` up, wbactor's own frames (a `with` block's `__exit__`) are
+    skipped; past the first frame of other code (the user's, or a signal
+    handler), a wbactor frame means that code was called from, or
+    interrupted, wbactor's own (an `on_drop`, a handler during a push).
+    """
+    while frame is not None and _is_wbactor(frame):
+        frame = frame.f_back
+    return in_wbactor(frame)
+
+
+def _is_wbactor(frame: FrameType) -> bool:
+    return frame.f_code.co_filename.startswith(_PACKAGE)
+
+
+def in_wbactor(frame: FrameType | None) -> bool:
+    """Return whether `frame` or a caller of it runs wbactor's own code."""
+    while frame is not None:
+        if _is_wbactor(frame):
+            return True
+        frame = frame.f_back
+    return False
