@@ -22,7 +22,7 @@ attempt hung past `flush_timeout` or its flusher actor died.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -121,6 +121,10 @@ class RetryAfter(WriteBehindError):
         super().__init__(message or f"retry after {seconds} s")
         self.seconds = seconds
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it (a worker process sends it back)."""
+        return (type(self), (self.seconds, _message(self)), self.__dict__)
+
     @property
     def delay(self) -> float:
         """`seconds` as the backoff to wait: clamped to `[0, 3600]`, NaN as 0."""
@@ -150,6 +154,15 @@ class PartialFailure(WriteBehindError):
         # The type only: `error` is user code's, and its repr() may raise.
         kind = getattr(type(error), "__name__", "an error")
         super().__init__(f"{len(self.failed)} item(s) of the batch failed: {kind}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it (a worker process sends it back)."""
+        return (type(self), (self.failed, self.error), self.__dict__)
+
+
+def _message(error: BaseException) -> str:
+    """Return the message an exception was made with (its first argument)."""
+    return str(error.args[0]) if error.args else ""
 
 
 class FlushTimeoutError(Exception):
