@@ -67,6 +67,15 @@ def test_store_errors_keep_their_store_and_sqlstate(kind: type[StoreError]) -> N
     assert error.permanent is kind.permanent
 
 
+def test_the_worker_errors_pickle() -> None:
+    died = round_trip(wbactor.WorkerDiedError("exited with code 3", 3))
+    assert (str(died), died.exitcode) == ("exited with code 3", 3)
+    remote = round_trip(wbactor.RemoteError("store.Weird", "no pickle"))
+    assert (remote.type_name, remote.message) == ("store.Weird", "no pickle")
+    assert str(remote) == "store.Weird: no pickle"
+    assert str(wbactor.RemoteError("store.Weird", "")) == "store.Weird"
+
+
 def kv_params(row: tuple[int, int]) -> tuple[int, int]:
     return row
 
