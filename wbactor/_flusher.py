@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
+from wbactor._errors import WorkerDiedError  # worker-process wiring
 from wbactor._log import BATCH_FLUSHED, FLUSHER_CLOSE_FAILED, describe
 from wbactor._messages import (
     BatchFailed,
@@ -120,6 +121,11 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
                 # epoch, a RunBatches already queued here would retry
                 # the batch at once, beside the retry the supervisor makes.
                 self._failed = True
+                # worker-process wiring: a worker's death is the flusher's death
+                # (cause `died`), unless the supervisor killed it on purpose.
+                if isinstance(error, WorkerDiedError) and not self._retired.is_set():
+                    tell_quietly(self._supervisor, FlusherDied(epoch, error))
+                    return
                 tell_quietly(self._supervisor, BatchFailed(epoch, error))
                 return
             duration = time.perf_counter() - started
