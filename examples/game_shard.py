@@ -11,9 +11,14 @@ and the store is read back: it must hold every player's latest state.
     python examples/game_shard.py                    # 300 players, 8 s, SQLite
     python examples/game_shard.py --faults 0.3       # a flaky store: retries
     python examples/game_shard.py --dsn postgresql://localhost/game --shards 4
+    python examples/game_shard.py --cpu-load                   # a starved flusher
+    python examples/game_shard.py --cpu-load --flusher-process # one of its own
 
 `--shards N` runs N shard processes, each with its own queue and its own
-range of player ids, against one database.
+range of player ids, against one database. `--cpu-load` spins a CPU-bound
+thread beside the players, and `--flusher-process` moves the flusher to a
+worker process, out of their GIL; the summary shows the rows written per
+second and the spinning thread's loop turns per second.
 """
 
 from __future__ import annotations
@@ -310,6 +315,8 @@ class Shard:
     tick_hz: float
     faults: float
     store: Store
+    flusher_process: bool = False  # --flusher-process
+    cpu_load: bool = False  # --cpu-load
 
     def make_flusher(self) -> StoreFlusher:
         flusher = self.store.flusher()
@@ -326,6 +333,7 @@ class ShardResult(NamedTuple):
     latest: list[PlayerState]
     final: Progress
     played: float  # seconds: less than asked after a Ctrl-C
+    cpu_load: float | None = None  # --cpu-load: the spinning thread's turns/s
 
 
 def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
@@ -339,7 +347,9 @@ def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
         key_func=player_key,
         max_retries=-1,  # keep retrying a failed batch: lose nothing
         flush_timeout=FLUSH_TIMEOUT,
+        flusher_process=shard.flusher_process,  # make_flusher then runs there
     )
+    load = CpuLoad() if shard.cpu_load else None
     wb = wbactor.start(config)
     players = [Player.start(player_id, wb.ref) for player_id in shard.player_ids]
     try:
@@ -351,7 +361,8 @@ def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
         for stopped in [player.stop(block=False) for player in players]:
             stopped.get(timeout=30)
         final = Progress.of(wb.stop(timeout=STOP_TIMEOUT))
-    return ShardResult(shard.index, latest, final, played)
+        turns = load.stop() if load else None
+    return ShardResult(shard.index, latest, final, played, turns)
 
 
 # --8<-- [end:play]
@@ -382,6 +393,32 @@ def drive(
 
 
 # --8<-- [end:drive]
+
+
+class CpuLoad:
+    """--cpu-load: a thread that runs pure Python without a pause.
+
+    As a physics step or a path finder would: it lets go of the GIL only
+    when the interpreter makes it, every switch interval (5 ms).
+    """
+
+    def __init__(self) -> None:
+        self._turns = 0
+        self._stopping = threading.Event()
+        self._started = time.monotonic()
+        self._thread = threading.Thread(target=self._spin, name="cpu-load", daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stopping.is_set():
+            for _ in range(10_000):
+                self._turns += 1
+
+    def stop(self) -> float:
+        """Stop spinning; return the loop turns per second it made."""
+        self._stopping.set()
+        self._thread.join()
+        return self._turns / (time.monotonic() - self._started)
 
 
 class ShardProgress(NamedTuple):
@@ -573,14 +610,17 @@ def configure_logging(
     )
 
 
-def summary(progress: Progress, seconds: float) -> str:
+def summary(progress: Progress, seconds: float, cpu_load: float | None = None) -> str:
     p = progress
     saved = p.coalesced / p.pushed if p.pushed else 0.0
+    load = (
+        "" if cpu_load is None else f"; CPU-bound thread {cpu_load / 1e6:.1f}M turns/s"
+    )
     return (
         f"pushed {p.pushed} states ({p.pushed / seconds:.0f}/s); "
-        f"wrote {p.flushed} rows in {p.batches} batches; "
+        f"wrote {p.flushed} rows ({p.flushed / seconds:.0f}/s) in {p.batches} batches; "
         f"coalesced {p.coalesced} ({saved:.0%}); dropped {p.dropped}; "
-        f"retries {p.retries}; restarts {p.restarts}"
+        f"retries {p.retries}; restarts {p.restarts}{load}"
     )
 
 
@@ -600,7 +640,7 @@ def run(store: Store, shards: Sequence[Shard]) -> int:
     status.clear()
     for result in results:
         label = f"shard {result.shard}: " if len(shards) > 1 else ""
-        print(label + summary(result.final, result.played))
+        print(label + summary(result.final, result.played, result.cpu_load))
     latest = [state for result in results for state in result.latest]
     verdict = verify(latest, store.read())
     print(verdict)
@@ -656,6 +696,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=1,
         help="shard processes, one queue each",
     )
+    parser.add_argument(
+        "--flusher-process",
+        action="store_true",
+        help="run each shard's flusher in a worker process of its own",
+    )
+    parser.add_argument(
+        "--cpu-load",
+        action="store_true",
+        help="spin a CPU-bound thread beside each shard's players",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", type=Path, help="SQLite file (default: in a temp dir)")
     where.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://localhost/game")
@@ -682,6 +732,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 tick_hz=args.tick_hz,
                 faults=args.faults,
                 store=store,
+                flusher_process=args.flusher_process,
+                cpu_load=args.cpu_load,
             )
             for i in range(args.shards)
         ]

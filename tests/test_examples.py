@@ -65,6 +65,12 @@ def test_game_shard_runs_shard_processes_on_one_sqlite_file() -> None:
     assert "OK: all 100 players' latest states are stored" in out
 
 
+def test_game_shard_writes_through_a_flusher_process_under_cpu_load() -> None:
+    out = run_example(_GAME_SHARD, *_SHORT, "--cpu-load", "--flusher-process")
+    assert "rows (" in out
+    assert "CPU-bound thread" in out
+
+
 def _pg_dsn() -> str:
     dsn = os.environ.get("WBACTOR_TEST_PG_DSN")
     if dsn:

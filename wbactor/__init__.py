@@ -19,7 +19,9 @@ from wbactor._errors import (
     PermanentError,
     PushTimeoutError,
     QueueClosedError,
+    RemoteError,
     RetryAfter,
+    WorkerDiedError,
     WriteBehindError,
 )
 from wbactor._failures import Failure, default_classify
@@ -55,8 +57,10 @@ __all__ = [
     "PushTimeoutError",
     "QueueClosedError",
     "QueueRef",
+    "RemoteError",
     "RetryAfter",
     "Stats",
+    "WorkerDiedError",
     "WriteBehind",
     "WriteBehindError",
     "default_backoff",

@@ -31,6 +31,7 @@ from wbactor._messages import Flush, RetireFlushers
 from wbactor._queue import QueueActor, QueueRef
 from wbactor._supervisor import SupervisorActor
 from wbactor._timer import TimerActor
+from wbactor._worker import new_flusher  # worker-process wiring
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -62,7 +63,8 @@ def start(config: Config[T]) -> WriteBehind[T]:
     fails raises from `start()`.
     """
     clock: Clock = config.clock if config.clock is not None else MonotonicClock()
-    first = config.flusher_factory() if config.flusher_factory else config.flusher
+    # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
+    first = new_flusher(config) if config.flusher_factory else config.flusher
     assert first is not None  # noqa: S101 - Config guarantees one of them
     log = QueueLog(config.name)
     drop_log = DropLog(clock, log)

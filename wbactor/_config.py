@@ -340,6 +340,22 @@ class Config(Generic[T]):
             msg = "Policy.COALESCE_BY_KEY needs key_func= (item -> hashable key)"
             raise CoalesceNeedsKeyError(msg)
         self._check_rest()
+        if self.flusher_process:  # worker-process wiring
+            self._check_process()
+
+    def _check_process(self) -> None:
+        """Check `flusher_process=True`: a worker calls the pickled factory."""
+        # worker-process wiring: _worker imports multiprocessing, and only
+        # this needs it.
+        from wbactor._worker import check_picklable  # noqa: PLC0415
+
+        if self.flusher_factory is None:
+            msg = (
+                "flusher_process=True needs flusher_factory= (called in each "
+                "worker process): a flusher= object cannot be moved into one"
+            )
+            raise FlusherRequiredError(msg)
+        check_picklable(self.flusher_factory, "flusher_factory")
 
     def _check_rest(self) -> None:
         """Check the fields after the three that come first, group by group."""

@@ -11,8 +11,11 @@ The tree::
     ├── PushTimeoutError (also TimeoutError)
     ├── PermanentError        raised by a flusher: this data will never be written
     ├── RetryAfter            raised by a flusher: retry after `seconds`
-    └── PartialFailure        raised by a flusher: these items failed, the rest
-                              were written
+    ├── PartialFailure        raised by a flusher: these items failed, the rest
+    │                         were written
+    ├── WorkerDiedError       a flusher's worker process died (`flusher_process`)
+    └── RemoteError           a worker's flusher raised an exception that does
+                              not pickle: its type name and message
 
 Outside that tree, as they are not raised to callers: `FlushTimeoutError` and
 `FlusherDiedError`, the `error` of a failed attempt's log line when the
@@ -22,7 +25,7 @@ attempt hung past `flush_timeout` or its flusher actor died.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pykka
 
@@ -40,7 +43,9 @@ __all__ = [
     "PermanentError",
     "PushTimeoutError",
     "QueueClosedError",
+    "RemoteError",
     "RetryAfter",
+    "WorkerDiedError",
     "WriteBehindError",
 ]
 
@@ -121,6 +126,10 @@ class RetryAfter(WriteBehindError):
         super().__init__(message or f"retry after {seconds} s")
         self.seconds = seconds
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it (a worker process sends it back)."""
+        return (type(self), (self.seconds, _message(self)), self.__dict__)
+
     @property
     def delay(self) -> float:
         """`seconds` as the backoff to wait: clamped to `[0, 3600]`, NaN as 0."""
@@ -150,6 +159,68 @@ class PartialFailure(WriteBehindError):
         # The type only: `error` is user code's, and its repr() may raise.
         kind = getattr(type(error), "__name__", "an error")
         super().__init__(f"{len(self.failed)} item(s) of the batch failed: {kind}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it (a worker process sends it back)."""
+        return (type(self), (self.failed, self.error), self.__dict__)
+
+
+class WorkerDiedError(WriteBehindError):
+    """A flusher's worker process died (`Config.flusher_process=True`).
+
+    Raised by `ProcessFlusher.flush` when the worker exits, is killed by a
+    signal (the out-of-memory killer's is SIGKILL) or stops answering, and
+    when it was killed on purpose (an attempt past `flush_timeout`). The
+    queue counts it as a death of the flusher (cause `died`), restarts it in
+    a new worker and retries the batch, which the dead worker may or may not
+    have written (delivery is at least once).
+
+    Attributes:
+        exitcode: The worker's exit code, negative for a signal (-9 for
+            SIGKILL), or None when it is not known.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None) -> None:
+        """Say how the worker died, and with which `exitcode`."""
+        super().__init__(message)
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it."""
+        return (type(self), (_message(self), self.exitcode), self.__dict__)
+
+
+class RemoteError(WriteBehindError):
+    """What a flusher raised in its worker process, when that did not pickle.
+
+    A worker sends the exception its flusher raised back to the queue, where
+    `classify` reads it; an exception that cannot be pickled (or unpickled
+    here) arrives as a `RemoteError` instead, with the type's name and the
+    message, so the failure is still logged and retried (as `TRANSIENT` under
+    `default_classify`). Make your exceptions pickle (keep `args` what
+    `__init__` takes, or define `__reduce__`) to have them classified as
+    themselves.
+
+    Attributes:
+        type_name: The qualified name of the exception's type, such as
+            `"mystore.BrokenError"`.
+        message: What its `str()` returned (empty if that raised).
+    """
+
+    def __init__(self, type_name: str, message: str) -> None:
+        """Stand for an exception of `type_name` whose `str()` was `message`."""
+        super().__init__(f"{type_name}: {message}" if message else type_name)
+        self.type_name = type_name
+        self.message = message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle as the call that made it."""
+        return (type(self), (self.type_name, self.message), self.__dict__)
+
+
+def _message(error: BaseException) -> str:
+    """Return the message an exception was made with (its first argument)."""
+    return str(error.args[0]) if error.args else ""
 
 
 class FlushTimeoutError(Exception):

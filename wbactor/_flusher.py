@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import pykka
 
+from wbactor._errors import WorkerDiedError
 from wbactor._failures import Failure, read_failure
 from wbactor._log import (
     BATCH_FLUSHED,
@@ -237,7 +238,12 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
 
     def _retry_later(self, error: BaseException) -> Stale:
         self._failed = True
-        tell_quietly(self._supervisor, BatchFailed(self._epoch, error))
+        if isinstance(error, WorkerDiedError) and not self._retired.is_set():
+            # A worker process's death is the flusher's death (cause `died`),
+            # unless the supervisor killed it on purpose (a timeout).
+            tell_quietly(self._supervisor, FlusherDied(self._epoch, error))
+        else:
+            tell_quietly(self._supervisor, BatchFailed(self._epoch, error))
         return STALE
 
     def _await(self, awaitable: Awaitable[object]) -> None:

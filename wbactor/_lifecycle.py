@@ -20,6 +20,11 @@ returns, also when its `WriteBehind` handle is dropped (`del wb`):
 from __future__ import annotations
 
 import atexit
+
+# worker-process wiring: imported before atexit.register below, so that
+# multiprocessing's exit hook (which terminates daemonic workers) runs after
+# the drain at exit, not before it.
+import multiprocessing.util  # noqa: F401
 import os
 import signal
 import threading

@@ -141,6 +141,9 @@ class FlusherDied(NamedTuple):
     epoch: int
     """The epoch of the actor that died."""
 
+    error: BaseException | None = None  # worker-process wiring
+    """How it died (its worker's `WorkerDiedError`), when known."""
+
 
 class Dispatched(NamedTuple):
     """The queue put a batch in flight; the supervisor should run it (internal)."""

@@ -45,6 +45,7 @@ from wbactor._messages import (
     WatchdogDue,
     tell_quietly,
 )
+from wbactor._worker import Workers, new_flusher  # worker-process wiring
 
 if TYPE_CHECKING:
     from wbactor._clock import Clock
@@ -107,6 +108,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         # from then on no flusher actor is started.
         self._handed_over = False
         self._watching = False
+        self._workers = Workers()  # worker-process wiring: the workers to kill
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -132,6 +134,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             for _, stopped in self._stopping:
                 with contextlib.suppress(pykka.Timeout):
                     stopped.get(timeout=_ORPHAN_WAIT)
+        # worker-process wiring: a worker whose close() ran past the stop's
+        # deadline is killed now, so that no process outlives stop().
+        self._workers.kill_all()
         idle = not any(ref.is_alive() for ref, _ in self._stopping)
         shared = self._config.flusher
         if self._config.flusher_factory is None and not abandoned and idle:
@@ -162,7 +167,8 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         elif isinstance(message, WatchdogDue):
             self._watchdog()
         elif isinstance(message, FlusherDied):
-            error = FlusherDiedError("the flusher actor stopped unasked")
+            error: BaseException = FlusherDiedError("the flusher actor stopped unasked")
+            error = message.error or error  # worker-process wiring: how it died
             self._failed(message.epoch, error, "died")
         return None
 
@@ -172,6 +178,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         if self._handed_over:
             return  # stopping: a restart due now would outlive stop()
         self._retired = threading.Event()
+        self._workers.track(flusher)  # worker-process wiring
         self._flusher = FlusherActor.start(
             flusher=flusher,
             epoch=self._epoch,
@@ -193,6 +200,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         promptly, and `on_stop` waits for it.
         """
         self._retired.set()
+        # worker-process wiring: a hung worker is killed (so its attempt cannot
+        # write late), and then its flusher actor stops promptly: not hung.
+        hung = self._workers.retire(hung=hung)
         flusher, self._flusher = self._flusher, None
         if flusher is not None:
             stopped = flusher.stop(block=False)
@@ -216,7 +226,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             assert flusher is not None  # noqa: S101 - Config guarantees one of them
         else:
             try:
-                flusher = factory()
+                flusher = new_flusher(self._config)  # worker-process wiring
             except BaseException as error:  # noqa: BLE001 - a failed attempt, as in flush
                 # No actor runs this epoch: fail it as if it had raised.
                 self._failed(self._epoch, error, cause)

@@ -12,7 +12,7 @@ The tree::
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from wbactor._errors import PermanentError, WriteBehindError
 from wbactor._log import describe, logger
@@ -58,6 +58,15 @@ class StoreError(WriteBehindError):
         self.store = store
         self.sqlstate = sqlstate
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle with its keywords, so that a flusher's worker process can send it."""
+        message = str(self.args[0]) if self.args else ""
+        return (
+            _rebuild,
+            (type(self), message, self.store, self.sqlstate),
+            self.__dict__,
+        )
+
 
 class PermanentStoreError(StoreError, PermanentError):
     """The store refused the batch: retrying it will not help.
@@ -80,6 +89,13 @@ class TransientStoreError(StoreError):
     """
 
     permanent = False
+
+
+def _rebuild(
+    kind: type[StoreError], message: str, store: str, sqlstate: str | None
+) -> StoreError:
+    """Make a `StoreError` again from what `__reduce__` saved."""
+    return kind(message, store=store, sqlstate=sqlstate)
 
 
 def log_store_error(error: StoreError) -> None:

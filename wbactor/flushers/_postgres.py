@@ -130,6 +130,26 @@ class PostgresFlusher(Generic[T]):
         with self._lock:
             self._discard()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle what describes the writes: not the connection, nor the lock.
+
+        So a flusher, or a factory holding one, can be sent to a worker
+        process (`Config.flusher_process=True`); the copy connects on its
+        first flush. `params` must pickle too (a module-level function).
+        """
+        state = self.__dict__.copy()
+        state["_conn"] = None
+        del state["_lock"], state["_psycopg"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled flusher, unconnected."""
+        import psycopg  # noqa: PLC0415 - as in __init__: imported when made
+
+        self.__dict__.update(state)
+        self._psycopg = psycopg
+        self._lock = threading.Lock()
+
     def _connect(self) -> psycopg.Connection[Any]:
         if self._conn is None:
             conn = self._psycopg.connect(

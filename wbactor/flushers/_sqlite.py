@@ -106,6 +106,23 @@ class SQLiteFlusher(Generic[T]):
         with self._lock:
             self._discard()
 
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle what describes the writes: not the connection, nor the lock.
+
+        So a flusher, or a factory holding one, can be sent to a worker
+        process (`Config.flusher_process=True`); the copy connects on its
+        first flush. `params` must pickle too (a module-level function).
+        """
+        state = self.__dict__.copy()
+        state["_db"] = None
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Restore a pickled flusher, unconnected."""
+        self.__dict__.update(state)
+        self._lock = threading.Lock()
+
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
             # isolation_level=None: no implicit transactions; flush() issues
