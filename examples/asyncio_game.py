@@ -115,6 +115,7 @@ class Watchdog:
         return self.worst
 
 
+# --8<-- [start:loop]
 async def play(
     wb: wbactor.WriteBehind[EntityState], entities: int, seconds: float
 ) -> tuple[dict[int, EntityState], float]:
@@ -146,6 +147,9 @@ async def play(
         # Sleep until the next tick is due, not a fixed period.
         await asyncio.sleep(max(0.0, start + tick / TICK_HZ - loop.time()))
     return latest, waited
+
+
+# --8<-- [end:loop]
 
 
 async def game(path: Path, entities: int, seconds: float) -> bool:
