@@ -267,6 +267,20 @@ def test_otel_refuses_a_second_queue_of_the_same_name(
         metrics.instrument(two, provider).close()  # its name is free again
 
 
+def test_otel_a_new_queue_takes_over_the_name_of_a_stopped_one(
+    provider: MeterProvider, reader: InMemoryMetricReader
+) -> None:
+    flusher = FlakyFlusher[int](failures=0)
+    config = wbactor.Config(capacity=10, flusher=flusher, name="shard")
+    old = wbactor.start(config)
+    metrics.instrument(old, provider)  # never closed
+    old.push(1)
+    old.stop(WAIT)
+    with running(config) as new, metrics.instrument(new, provider):
+        points, _ = collect(reader)
+        assert value(points, "wbactor.items", outcome="pushed", queue="shard") == 0
+
+
 def test_otel_reads_one_snapshot_per_collection(
     clock: ManualClock,
     provider: MeterProvider,

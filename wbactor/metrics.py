@@ -123,6 +123,12 @@ def _attempt_observers(wb: WriteBehind[Any]) -> list[Callable[[float], object]]:
     return observers
 
 
+def _stopped(wb: WriteBehind[Any]) -> bool:
+    """Return whether `wb` is stopping or stopped (its figures are final)."""
+    closed: bool = wb._ledger.closed  # noqa: SLF001 - the queue's own state
+    return closed
+
+
 def _detach(wb: WriteBehind[Any], observer: Callable[[float], object]) -> None:
     """Remove `observer` from `wb`'s attempt observers, if it is still there."""
     with contextlib.suppress(ValueError):
@@ -323,11 +329,15 @@ class _OtelQueues:
     def add(self, wb: WriteBehind[Any]) -> None:
         """Report `wb` from the next collection on.
 
+        A stopped queue of the same name gives way: `wb` takes over its
+        points (its counters start again from 0, as after a restart).
+
         Raises:
-            ValueError: a queue of the same name is reported already.
+            ValueError: a running queue of the same name is reported already.
         """
         with self._lock:
-            if wb.name in self._queues:
+            reported = self._queues.get(wb.name)
+            if reported is not None and not _stopped(reported):
                 msg = (
                     f"a queue named {wb.name!r} is instrumented on this meter "
                     "provider already; give each queue its own Config.name "
@@ -417,7 +427,8 @@ def instrument(
 
     Several queues may be instrumented on one provider, each under its own
     name. A stopped queue goes on reporting its final figures until
-    `close()`.
+    `close()`, or until a new queue of the same name is instrumented there,
+    which takes over its points.
 
     Args:
         wb: The queue to report.
@@ -431,7 +442,8 @@ def instrument(
 
     Raises:
         ImportError: the OpenTelemetry API is not installed.
-        ValueError: a queue of the same name is instrumented on this provider.
+        ValueError: a running queue of the same name is instrumented on this
+            provider.
     """
     api = _need("opentelemetry.metrics", _OTEL_HINT)
     provider: MeterProvider = (
