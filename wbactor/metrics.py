@@ -496,7 +496,7 @@ class PrometheusCollector:
 
     Needs the `prometheus` extra (`pip install 'wbactor[prometheus]'`).
     Register it on a registry, and every scrape reads each queue's
-    `stats()` once::
+    `stats()` once:
 
         from prometheus_client import CollectorRegistry, start_http_server
 
