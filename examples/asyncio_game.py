@@ -119,7 +119,7 @@ class Watchdog:
 async def play(
     wb: wbactor.WriteBehind[EntityState], entities: int, seconds: float
 ) -> tuple[dict[int, EntityState], float]:
-    """Run the game loop; return each entity's last state, and the time apush waited."""
+    """Run the game; return the last states, and how long apush waited."""
     rng = random.Random(11)
     loop = asyncio.get_running_loop()
     latest = {
