@@ -30,6 +30,7 @@ TICKS = 50
 TICK_SECONDS = 0.01
 
 
+# --8<-- [start:item]
 @dataclass(frozen=True, slots=True)
 class Position:
     """Where a player stands after a tick."""
@@ -40,8 +41,11 @@ class Position:
     y: float
 
 
+# --8<-- [end:item]
+
+
 # --8<-- [start:flusher]
-class SQLiteFlusher:
+class PositionStore:
     """Upserts each batch of positions in one transaction.
 
     It connects lazily, on the flusher actor's thread, and wbactor calls
@@ -85,9 +89,10 @@ def create_schema(path: Path) -> None:
 
 def run(path: Path) -> bool:
     create_schema(path)
+    # --8<-- [start:queue]
     config: wbactor.Config[Position] = wbactor.Config(
         capacity=10_000,
-        flusher_factory=lambda: SQLiteFlusher(path),
+        flusher_factory=lambda: PositionStore(path),
         batch_size=500,  # more than there are players: ticks cut the batches
         flush_interval=0.05,
         policy=wbactor.Policy.COALESCE_BY_KEY,
@@ -102,6 +107,8 @@ def run(path: Path) -> bool:
                 latest[player_id] = pos = Position(player_id, tick, x, y)
                 wb.ref.tell(wbactor.Push(pos))
             time.sleep(TICK_SECONDS)  # the game's tick rate, not a wait on the queue
+    # --8<-- [end:queue]
+    # --8<-- [start:check]
     stats = wb.stop()  # already stopped by the with block: returns the same Stats
     print(
         f"pushed {stats.pushed}, flushed {stats.flushed} in {stats.batches} "
@@ -120,6 +127,7 @@ def run(path: Path) -> bool:
         return False
     print(f"OK: all {PLAYERS} players' latest positions are stored")
     return True
+    # --8<-- [end:check]
 
 
 def main() -> int:

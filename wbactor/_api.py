@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sys
 import threading
@@ -15,9 +16,9 @@ from pykka.messages import ProxySetAttr
 from wbactor import _lifecycle
 from wbactor._admission import admission_for
 from wbactor._clock import MonotonicClock
-from wbactor._config import check_wait_timeout
+from wbactor._config import Policy, check_wait_timeout
 from wbactor._drops import ActorThreads, DropReporter
-from wbactor._errors import QueueClosedError
+from wbactor._errors import PushTimeoutError, QueueClosedError
 from wbactor._ledger import Ledger
 from wbactor._log import (
     ACTOR_ABANDONED,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
 __all__ = ["WriteBehind", "start"]
 
 T = TypeVar("T")
+R = TypeVar("R")
 
 STOP_GRACE = 0.25
 """Seconds `stop(timeout)` gives the actors to stop once the drain's time is
@@ -54,6 +56,15 @@ abandoned on its daemon thread."""
 _STOP_FLOOR = 0.1
 """Seconds every actor gets to stop even once the deadline has passed, so that
 one whose user code hangs does not eat the time of those behind it."""
+
+_APUSH_FIRST_PAUSE = 0.001
+_APUSH_MAX_PAUSE = 0.01
+"""Seconds between two looks for room by `apush()` under BLOCK: from the first
+to the longest, doubling. The look is a `push()` that does not wait."""
+
+_AWAIT_SLICE = 0.05
+"""Seconds the thread behind `aflush()` waits at a time; it gives up within one
+slice once the awaiting task is cancelled."""
 
 
 def start(config: Config[T]) -> WriteBehind[T]:
@@ -420,6 +431,116 @@ class WriteBehind(Generic[T]):
             raise TimeoutError(msg)
         return stats
 
+    # -- asyncio ------------------------------------------------------------
+
+    async def apush(
+        self,
+        item: T,
+        timeout: float | None = None,  # noqa: ASYNC109 - as push(timeout)
+    ) -> None:
+        """Queue `item` from a coroutine, under the policy, without blocking the loop.
+
+        Under `Policy.BLOCK`, when the queue is full, waits up to `timeout`
+        seconds (None: until room or stop) by looking for room every few
+        milliseconds (1 ms at first, 10 ms at most) with a `push()` that does
+        not wait, sleeping on the loop in between; a producer blocked in
+        `push()` on a thread may take the room first. Other policies never
+        wait: the item is pushed at once, as `push()` would.
+
+        Cancelling the awaiting task while it waits leaves the item out: it
+        is pushed only by a look that finds room, after which nothing is
+        awaited, so a cancelled `apush()` never pushes later. An `apush()`
+        that raises did not push its item (not counted in `pushed`).
+
+        Raises:
+            QueueClosedError: the queue is stopping or stopped.
+            PushTimeoutError: `Policy.BLOCK` found no room within `timeout`.
+            ValueError: `timeout` is negative or NaN (checked first).
+        """
+        self._check_not_forked()
+        limit = check_wait_timeout(timeout, "apush() timeout")
+        admission = self._admission
+        if self._run.config.policy is not Policy.BLOCK or self._run.threads.current():
+            # Never waits: the other policies do not, and a push from one of
+            # the queue's own actors (an async flusher) times out at once.
+            admission.push(item, limit)
+            return
+        deadline = None if limit is None else time.monotonic() + limit
+        pause = _APUSH_FIRST_PAUSE
+        while True:
+            try:
+                admission.push(item, 0.0)
+            except PushTimeoutError:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    msg = f"no room in the queue within {timeout} s"
+                    raise PushTimeoutError(msg) from None
+                await asyncio.sleep(
+                    pause if remaining is None else min(pause, remaining)
+                )
+                pause = min(2 * pause, _APUSH_MAX_PAUSE)
+            else:
+                return
+
+    async def aflush(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - as flush(timeout)
+    ) -> None:
+        """Wait, without blocking the loop, until every item pushed before is settled.
+
+        As `flush()`: returns when every item pushed before the call is
+        flushed, coalesced or dropped. The wait runs on a helper thread of
+        its own, which hands the outcome to the loop. Cancelling the
+        awaiting task cancels the wait, not the flush: the queue flushes as
+        it would have, and the helper thread ends within 50 ms.
+
+        Raises:
+            TimeoutError: not done within `timeout` seconds (the flush goes on).
+            QueueClosedError: the queue is stopping or stopped.
+            ValueError: `timeout` is negative or NaN (checked first).
+            RuntimeError: awaited by a flusher or `on_drop` running on one of
+                the queue's own actors, where it would wait for itself.
+        """
+        self._check_not_forked()
+        limit = check_wait_timeout(timeout, "aflush() timeout")
+        self._run.threads.check_not_current("aflush()")
+        if self._ledger.closed:
+            msg = "the queue is stopping or stopped; use astop() to drain it"
+            raise QueueClosedError(msg)
+        future = self._ref.ask(Flush(), block=False)
+        try:
+            await _settled(future, limit)
+        except pykka.Timeout:
+            msg = f"flush not done within {timeout} s"
+            raise TimeoutError(msg) from None
+        except pykka.ActorDeadError:
+            msg = "the queue stopped before the flush completed"
+            raise QueueClosedError(msg) from None
+
+    async def astop(
+        self,
+        timeout: float | None = None,  # noqa: ASYNC109 - as stop(timeout)
+    ) -> Stats:
+        """Drain and stop the queue as `stop()` does, without blocking the loop.
+
+        `stop(timeout)` runs on a thread of its own; the loop goes on
+        meanwhile. Cancelling the awaiting task does not cancel the stop,
+        which goes on to the end: a later `stop()` or `astop()` returns the
+        same final `Stats`.
+
+        Raises:
+            ValueError: `timeout` is negative or NaN (nothing changed).
+            QueueClosedError: in a child process forked from the queue's own.
+            RuntimeError: awaited by a flusher or `on_drop` running on one of
+                the queue's own actors, where it would wait for itself.
+        """
+        self._check_not_forked()
+        check_wait_timeout(timeout, "astop() timeout")
+        self._run.threads.check_not_current("astop()")
+        if self._final is not None:
+            return self._final
+        return await _off_loop(lambda: self.stop(timeout), "wbactor-astop")
+
     def __enter__(self) -> WriteBehind[T]:
         """Return the queue; `stop()` runs on exit."""
         return self
@@ -433,3 +554,86 @@ class WriteBehind(Generic[T]):
         """Stop the queue, draining it (not in a forked child: not its queue)."""
         if self._ledger.forked_from is None:
             self.stop()
+
+
+async def _settled(future: pykka.Future[Any], limit: float | None) -> Any:
+    """Return what `future` holds, waiting on a helper thread, not on the loop.
+
+    pykka's `await future` would block the loop in `future.get()`. The thread
+    waits in `_AWAIT_SLICE` slices, up to `limit` seconds (then
+    `pykka.Timeout`), and stops at the end of a slice once the awaiting task
+    is cancelled.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[Any] = loop.create_future()
+    given_up = threading.Event()
+    deadline = None if limit is None else time.monotonic() + limit
+
+    def wait() -> None:
+        while not given_up.is_set():
+            wait_for = _AWAIT_SLICE
+            last = False
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                last = remaining <= _AWAIT_SLICE
+                wait_for = max(0.0, min(remaining, _AWAIT_SLICE))
+            try:
+                value = future.get(timeout=wait_for)
+            except pykka.Timeout as error:
+                if last:
+                    _hand_over(loop, outcome, error=error)
+                    return
+            except BaseException as error:  # noqa: BLE001 - the loop re-raises it
+                _hand_over(loop, outcome, error=error)
+                return
+            else:
+                _hand_over(loop, outcome, value=value)
+                return
+
+    threading.Thread(target=wait, name="wbactor-aflush", daemon=True).start()
+    try:
+        return await outcome
+    finally:
+        given_up.set()
+
+
+async def _off_loop(call: Callable[[], R], name: str) -> R:
+    """Run `call` on a (non-daemon) thread of its own; return or raise its outcome.
+
+    A cancelled awaiting task stops waiting, but `call` runs to its end.
+    """
+    loop = asyncio.get_running_loop()
+    outcome: asyncio.Future[R] = loop.create_future()
+
+    def run() -> None:
+        try:
+            value = call()
+        except BaseException as error:  # noqa: BLE001 - the loop re-raises it
+            _hand_over(loop, outcome, error=error)
+        else:
+            _hand_over(loop, outcome, value=value)
+
+    threading.Thread(target=run, name=name, daemon=False).start()
+    return await outcome
+
+
+def _hand_over(
+    loop: asyncio.AbstractEventLoop,
+    outcome: asyncio.Future[Any],
+    *,
+    value: Any = None,
+    error: BaseException | None = None,
+) -> None:
+    """Settle `outcome` on its loop, from another thread, unless it is done."""
+
+    def settle() -> None:
+        if outcome.done():  # the awaiting task was cancelled
+            return
+        if error is None:
+            outcome.set_result(value)
+        else:
+            outcome.set_exception(error)
+
+    # The loop may be closed by now, its task cancelled: nobody is waiting.
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(settle)
