@@ -777,7 +777,8 @@ def _import_psycopg() -> ModuleType:
     except ImportError as error:
         msg = (
             "PostgresFlusher needs psycopg 3, which is not installed: "
-            "pip install 'wbactor[postgres]'"
+            "pip install 'wbactor[postgres]' (or 'wbactor[postgres-binary]' on "
+            f"a machine without libpq); psycopg said: {error}"
         )
         raise ImportError(msg, name="psycopg") from error
     return psycopg
