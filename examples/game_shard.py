@@ -4,8 +4,9 @@ A shard is a few hundred players, each a pykka actor. A driver tells every
 player a `Tick` at the tick rate; the player moves, tells `Push(state)` to a
 `COALESCE_BY_KEY` queue keyed by player id, and gets on with the game: it
 never waits on the database. The queue keeps only each player's newest
-queued state, batches, and upserts each batch in one transaction, keeping
-the highest `seq` per player. At the end the players stop, the queue drains,
+queued state, batches, and upserts each batch in one transaction
+(`SQLiteFlusher.upsert`, or `PostgresFlusher.upsert` with binary COPY),
+keeping the highest `seq` per player. At the end the players stop, the queue drains,
 and the store is read back: it must hold every player's latest state.
 
     python examples/game_shard.py                    # 300 players, 8 s, SQLite
@@ -68,24 +69,17 @@ REPORT_EVERY = 0.5  # seconds between progress reports from a shard
 ERASE_LINE = "\r\x1b[K"
 
 # --8<-- [start:sql]
-# The store. The identifiers are fixed here; only the values are parameters.
+# The store: a table, and the columns of a PlayerState, in order. The flushers
+# compose the upsert from these names, quoting each one.
+TABLE = "game_shard_players"
+COLUMNS = ("player_id", "seq", "x", "y")
 SQLITE_SCHEMA = (
     "CREATE TABLE game_shard_players (player_id INTEGER PRIMARY KEY, "
     "seq INTEGER NOT NULL, x REAL NOT NULL, y REAL NOT NULL)"
 )
-SQLITE_UPSERT = (
-    "INSERT INTO game_shard_players (player_id, seq, x, y) VALUES (?, ?, ?, ?) "
-    "ON CONFLICT (player_id) DO UPDATE SET seq = excluded.seq, x = excluded.x, "
-    "y = excluded.y WHERE excluded.seq > game_shard_players.seq"
-)
 POSTGRES_SCHEMA = (
     "CREATE TABLE game_shard_players (player_id BIGINT PRIMARY KEY, "
     "seq BIGINT NOT NULL, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL)"
-)
-POSTGRES_UPSERT = (
-    "INSERT INTO game_shard_players (player_id, seq, x, y) VALUES (%s, %s, %s, %s) "
-    "ON CONFLICT (player_id) DO UPDATE SET seq = excluded.seq, x = excluded.x, "
-    "y = excluded.y WHERE excluded.seq > game_shard_players.seq"
 )
 SELECT = "SELECT player_id, seq, x, y FROM game_shard_players"
 DROP = "DROP TABLE IF EXISTS game_shard_players"
@@ -111,11 +105,6 @@ def player_key(state: PlayerState) -> int:
 
 
 # --8<-- [end:state]
-
-
-def row(state: PlayerState) -> tuple[int, int, float, float]:
-    """The upsert's parameters, in column order."""
-    return (state.player_id, state.seq, state.x, state.y)
 
 
 class Tick:
@@ -178,13 +167,33 @@ class StoreFlusher(Protocol):
     def close(self) -> None: ...
 
 
+# --8<-- [start:flushers]
+# A PlayerState is a row already (a NamedTuple in COLUMNS order), so no
+# values= function is needed. version="seq" adds the guard WHERE
+# excluded.seq > game_shard_players.seq: a row only ever moves forward.
+def sqlite_flusher(path: Path) -> StoreFlusher:
+    """Upsert into the SQLite file (WAL and synchronous=NORMAL by default)."""
+    return SQLiteFlusher.upsert(
+        path, TABLE, COLUMNS, "player_id", version="seq", timeout=5.0
+    )
+
+
+def postgres_flusher(dsn: str) -> StoreFlusher:
+    """Upsert into PostgreSQL: binary COPY, then one INSERT ... ON CONFLICT."""
+    return PostgresFlusher.upsert(dsn, TABLE, COLUMNS, "player_id", version="seq")
+
+
+# --8<-- [end:flushers]
+
+
 @dataclass(frozen=True)
 class SQLiteStore:
     """An SQLite file.
 
-    Several shard processes may write it: WAL mode lets readers run beside
-    the one writer, and a writer waits up to 5 s for the lock (a write still
-    locked out then fails as a transient error, and is retried).
+    Several shard processes may write it: WAL mode (the flusher's default)
+    lets readers run beside the one writer, and a writer waits up to 5 s for
+    the lock (a write still locked out then fails as a transient error, and
+    is retried).
     """
 
     path: Path
@@ -201,7 +210,7 @@ class SQLiteStore:
             raise SystemExit(msg) from None
 
     def flusher(self) -> StoreFlusher:
-        return SQLiteFlusher(self.path, SQLITE_UPSERT, row, timeout=5.0)
+        return sqlite_flusher(self.path)
 
     def read(self) -> dict[int, PlayerState]:
         with contextlib.closing(sqlite3.connect(self.path)) as db:
@@ -227,7 +236,7 @@ class PostgresStore:
             raise SystemExit(msg) from None
 
     def flusher(self) -> StoreFlusher:
-        return PostgresFlusher(self.dsn, POSTGRES_UPSERT, row)
+        return postgres_flusher(self.dsn)
 
     def read(self) -> dict[int, PlayerState]:
         import psycopg  # noqa: PLC0415 - an extra, needed only with --dsn

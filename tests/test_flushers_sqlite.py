@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import functools
+import pickle
+import random
 import sqlite3
 import subprocess
 import sys
@@ -267,3 +270,240 @@ def test_a_flusher_of_ones_own_raises_store_errors_without_an_sqlstate() -> None
     assert isinstance(error, wbactor.WriteBehindError)
     assert (error.store, error.sqlstate, error.permanent) == ("redis", None, False)
     assert str(error) == "timed out"
+
+
+# ------------------------------------------------- upsert and append forms
+
+HOSTILE = 'pl"ay ers; DROP TABLE x; -- ünï'
+"""A table name with a quote, spaces, a semicolon, a comment and unicode."""
+
+KV_COLUMNS = ("k", "tick", "v")
+
+
+def make_table(path: Path, ddl: str) -> None:
+    db = sqlite3.connect(path)
+    try:
+        db.execute(ddl)
+        db.commit()
+    finally:
+        db.close()
+
+
+def rows_of(path: Path, table: str = "kv") -> list[tuple[Any, ...]]:
+    db = sqlite3.connect(path)
+    try:
+        quoted = '"' + table.replace('"', '""') + '"'
+        return db.execute(f"SELECT * FROM {quoted} ORDER BY 1").fetchall()  # noqa: S608 - quoted, the test's own name
+    finally:
+        db.close()
+
+
+def kv_path(tmp_path: Path) -> Path:
+    path = tmp_path / "kv.db"
+    make_table(
+        path,
+        "CREATE TABLE kv (k INTEGER PRIMARY KEY, tick INTEGER NOT NULL, "
+        "v TEXT NOT NULL CHECK (v <> 'bad'))",
+    )
+    return path
+
+
+def bisect(flusher: SQLiteFlusher[Any], batch: list[Any]) -> list[Any]:
+    """Flush as the queue isolates a permanent failure; return what is rejected."""
+    try:
+        flusher.flush(batch)
+    except PermanentStoreError:
+        if len(batch) == 1:
+            return batch
+        half = (len(batch) + 1) // 2
+        return bisect(flusher, batch[:half]) + bisect(flusher, batch[half:])
+    return []
+
+
+def test_upsert_keeps_the_last_row_or_the_highest_version(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    last = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k")
+    last.flush([(1, 5, "a"), (2, 1, "b"), (1, 3, "c")])
+    assert rows_of(path) == [(1, 3, "c"), (2, 1, "b")]
+    last.close()
+    newest = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", version="tick")
+    newest.flush([(1, 9, "d"), (1, 4, "e"), (1, 9, "f"), (2, 0, "older")])
+    assert rows_of(path) == [(1, 9, "d"), (2, 1, "b")]  # equal tick: first stays
+    newest.flush([(1, 9, "replayed"), (1, 2, "late")])
+    assert rows_of(path) == [(1, 9, "d"), (2, 1, "b")]
+    newest.close()
+
+
+def test_shuffled_batches_with_repeated_keys_end_as_written_one_by_one(
+    tmp_path: Path,
+) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", version="tick")
+    rng = random.Random(5)  # noqa: S311 - a reproducible sequence
+    table: dict[int, tuple[int, int, str]] = {}
+    batches = [
+        [(rng.randrange(20), rng.randrange(10), f"r{b}.{i}") for i in range(40)]
+        for b in range(10)
+    ]
+    for batch in [*batches, *(rng.sample(b, len(b)) for b in batches[:3])]:
+        flusher.flush(batch)
+        for row in batch:
+            if row[0] not in table or row[1] > table[row[0]][1]:
+                table[row[0]] = row
+    flusher.close()
+    assert rows_of(path) == [table[k] for k in sorted(table)]
+
+
+def test_hostile_identifiers_and_a_composite_key_are_quoted(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    make_table(
+        path,
+        'CREATE TABLE "pl""ay ers; DROP TABLE x; -- ünï" ("k""ey" INTEGER, '
+        '"ü; x" TEXT, "tick tock" INTEGER, PRIMARY KEY ("k""ey", "ü; x"))',
+    )
+    columns = ['k"ey', "ü; x", "tick tock"]
+    flusher = SQLiteFlusher.upsert(
+        path, ("main", HOSTILE), columns, ['k"ey', "ü; x"], version="tick tock"
+    )
+    flusher.flush([(1, "a", 1), (1, "b", 1), (1, "a", 2), (1, "a", 0)])
+    assert rows_of(path, HOSTILE) == [(1, "a", 2), (1, "b", 1)]
+    appender = SQLiteFlusher.append(path, HOSTILE, columns)
+    with pytest.raises(PermanentStoreError, match="UNIQUE"):
+        appender.flush([(1, "a", 3)])
+    appender.flush([(2, "'; --", 1)])
+    assert rows_of(path, HOSTILE)[-1] == (2, "'; --", 1)
+    flusher.close()
+    appender.close()
+
+
+def test_wal_and_synchronous_normal_by_default_and_overridable(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k")
+    flusher.flush([(1, 1, "a")])
+    assert flusher._db is not None
+    assert flusher._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert flusher._db.execute("PRAGMA synchronous").fetchone() == (1,)  # NORMAL
+    flusher.close()
+    assert dict(SQLiteFlusher.DEFAULT_PRAGMAS) == {
+        "journal_mode": "WAL",
+        "synchronous": "NORMAL",
+    }
+    other = tmp_path / "other.db"
+    make_table(other, "CREATE TABLE kv (k INTEGER PRIMARY KEY, tick, v)")
+    full = SQLiteFlusher.append(
+        other,
+        "kv",
+        KV_COLUMNS,
+        pragmas={"journal_mode": None, "synchronous": "FULL", "cache_size": -4000},
+    )
+    full.flush([(1, 1, "a")])
+    assert full._db is not None
+    assert full._db.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+    assert full._db.execute("PRAGMA synchronous").fetchone() == (2,)
+    assert full._db.execute("PRAGMA cache_size").fetchone() == (-4000,)
+    full.close()
+    for bad in ({"journal_mode; DROP": "x"}, {"synchronous": "OFF; DROP TABLE kv"}):
+        with pytest.raises(ValueError, match="PRAGMA"):
+            SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", pragmas=bad)
+
+
+def test_a_bad_row_is_permanent_and_bisection_isolates_it(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k")
+    bad_rows: list[tuple[Any, ...]] = [
+        (4, 1, "bad"),  # CHECK
+        (5, None, "x"),  # NOT NULL
+        (2**63, 1, "x"),  # over 64 bits
+        (7, 1),  # a short row
+        ({}, 1, "x"),  # a type SQLite does not take
+    ]
+    for bad in bad_rows:
+        assert bisect(flusher, [(1, 1, "a"), (2, 1, "b"), bad, (3, 1, "c")]) == [bad]
+    assert rows_of(path) == [(1, 1, "a"), (2, 1, "b"), (3, 1, "c")]
+    with pytest.raises(PermanentStoreError, match="too large") as caught:
+        flusher.flush([(2**70, 1, "x")])
+    assert isinstance(caught.value.__cause__, sqlite3.DataError)
+    assert isinstance(caught.value.__cause__.__cause__, OverflowError)
+    flusher.flush([(9, 1, "ok")])  # the connection survived
+    flusher.close()
+
+
+def test_the_flushers_pickle_without_their_connection(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", values=kv_values)
+    flusher.flush([{"k": 1, "tick": 1, "v": "a"}])
+    copy = pickle.loads(pickle.dumps(flusher))  # noqa: S301 - our own bytes
+    assert copy._db is None
+    copy.flush([{"k": 2, "tick": 1, "v": "b"}])
+    plain = pickle.loads(pickle.dumps(kv_flusher(tmp_path / "plain.db")))  # noqa: S301 - our own bytes
+    plain.flush([(3, 30)])
+    assert table(tmp_path / "plain.db") == {3: 30}
+    factory = functools.partial(SQLiteFlusher.append, path, "kv", KV_COLUMNS)
+    made = pickle.loads(pickle.dumps(factory))()  # noqa: S301 - our own bytes
+    made.flush([(4, 1, "d")])
+    assert rows_of(path) == [(1, 1, "a"), (2, 1, "b"), (4, 1, "d")]
+    for opened in (flusher, copy, plain, made):
+        opened.close()
+    with pytest.raises(pickle.PicklingError, match=r"its values \(.*<lambda>\)"):
+        pickle.dumps(
+            SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", values=lambda r: r)
+        )
+
+
+def test_an_upsert_through_the_queue_keeps_the_newest(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = kv_path(tmp_path)
+    rng = random.Random(11)  # noqa: S311 - a reproducible sequence
+    rows = [(rng.randrange(30), rng.randrange(50), f"v{i}") for i in range(600)]
+    cfg: wbactor.Config[tuple[int, int, str]] = wbactor.Config(
+        capacity=1000,
+        clock=clock,
+        batch_size=50,
+        flusher_factory=functools.partial(
+            SQLiteFlusher.upsert, path, "kv", KV_COLUMNS, "k", version="tick"
+        ),
+    )
+    with running(cfg) as wb:
+        wb.ref.tell(wbactor.PushMany(rows))
+        wb.flush(WAIT)
+        stats = wb.stats()
+    assert (stats.flushed, stats.retries) == (600, 0)
+    table: dict[int, tuple[int, int, str]] = {}
+    for row in rows:
+        if row[0] not in table or row[1] > table[row[0]][1]:
+            table[row[0]] = row
+    assert rows_of(path) == [table[k] for k in sorted(table)]
+
+
+def test_neither_import_wbactor_nor_the_flushers_import_psycopg(tmp_path: Path) -> None:
+    code = """
+import sys
+import wbactor
+assert "psycopg" not in sys.modules, "import wbactor imported psycopg"
+import wbactor.flushers
+from wbactor.flushers import PostgresFlusher, SQLiteFlusher
+assert "psycopg" not in sys.modules, "import wbactor.flushers imported psycopg"
+sys.modules["psycopg"] = None  # as if not installed
+for make in (
+    lambda: PostgresFlusher.upsert("postgresql://nowhere", "t", ["k"], "k"),
+    lambda: PostgresFlusher.append("postgresql://nowhere", "t", ["k"]),
+):
+    try:
+        make()
+    except ImportError as error:
+        print(error)
+"""
+    result = subprocess.run(  # noqa: S603 - our interpreter, our code
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("pip install 'wbactor[postgres]'") == 2
+
+
+def kv_values(item: Mapping[str, Any]) -> tuple[Any, ...]:
+    return (item["k"], item["tick"], item["v"])

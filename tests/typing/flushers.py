@@ -6,8 +6,11 @@ Nothing here runs; an unused `# type: ignore[...]` fails under `--strict`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import assert_type
+from typing import Any, assert_type
+
+from psycopg import sql
 
 import wbactor
 from wbactor.flushers import (
@@ -61,6 +64,44 @@ def configs() -> list[wbactor.Config[Score]]:
     return [sqlite, postgres, shared]
 
 
+def composed_forms() -> list[wbactor.Config[Score]]:
+    upsert = PostgresFlusher.upsert(
+        "postgresql://localhost/game",
+        ("game", "scores"),
+        ["player", "points"],
+        "player",
+        values=score_row,
+        version="points",
+        connect_kwargs={"application_name": "scores"},
+    )
+    assert_type(upsert, PostgresFlusher[Score])
+    rows = PostgresFlusher.append("postgresql://localhost/game", "log", ["a", "b"])
+    assert_type(rows, PostgresFlusher[Sequence[Any]])
+    lite = SQLiteFlusher.upsert(
+        Path("scores.db"), "scores", ["player", "points"], ["player"], values=score_row
+    )
+    assert_type(lite, SQLiteFlusher[Score])
+    lite_rows = SQLiteFlusher.append(
+        "scores.db", "log", ["a"], pragmas={"synchronous": "FULL"}
+    )
+    assert_type(lite_rows, SQLiteFlusher[Sequence[Any]])
+    composed = PostgresFlusher(
+        "postgresql://localhost/game",
+        sql.SQL("INSERT INTO {} VALUES (%s, %s)").format(sql.Identifier("scores")),
+        score_row,
+    )
+    assert_type(composed, PostgresFlusher[Score])
+    tuples: wbactor.Config[tuple[str, int]] = wbactor.Config(
+        capacity=10,
+        flusher_factory=lambda: SQLiteFlusher.upsert("s.db", "t", ["a", "b"], "a"),
+    )
+    del tuples
+    return [
+        wbactor.Config(capacity=10, flusher_factory=lambda: upsert),
+        wbactor.Config(capacity=10, flusher_factory=lambda: lite),
+    ]
+
+
 def ill_typed() -> None:
     wrong_item: wbactor.Config[int] = wbactor.Config(
         capacity=10,
@@ -70,6 +111,13 @@ def ill_typed() -> None:
         "scores.db",
         "...",
         lambda score: 3,  # type: ignore[arg-type,return-value]
+    )
+    not_a_row: PostgresFlusher[Score] = PostgresFlusher.upsert(
+        "postgresql://localhost/game",
+        "scores",
+        ["player"],
+        "player",
+        values=lambda score: 3,  # type: ignore[arg-type,return-value]
     )
 
 

@@ -1,22 +1,26 @@
 """Ready-made flushers for real stores: SQLite and PostgreSQL.
 
-Each writes a batch in one transaction with `executemany`, connects lazily on
-the first flush (on the flusher actor's thread), and raises a
-`PermanentStoreError` or a `TransientStoreError` for what the driver raised,
-so the supervisor's log lines say which it was::
+Name the table, its columns and its key, and the flusher composes the SQL,
+quoting every name::
 
     import wbactor
-    from wbactor.flushers import SQLiteFlusher
+    from wbactor.flushers import PostgresFlusher, SQLiteFlusher
 
     config = wbactor.Config(
         capacity=10_000,
-        flusher_factory=lambda: SQLiteFlusher(
-            "game.db",
-            "INSERT INTO players (id, x) VALUES (?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET x = excluded.x",
-            lambda player: (player.id, player.x),
+        flusher_factory=lambda: SQLiteFlusher.upsert(
+            "game.db", "players", ["id", "tick", "x"], "id", version="tick"
         ),
     )
+
+`PostgresFlusher.upsert` and `.append` write each batch with binary COPY;
+`SQLiteFlusher.upsert` and `.append` with one `executemany`. The plain
+constructors, `SQLiteFlusher(path, sql, params)` and `PostgresFlusher(dsn,
+sql, params)`, run a statement of yours with `executemany`. Every form writes
+a batch in one transaction, connects lazily on the first flush (on the
+flusher actor's thread), pickles without its connection, and raises a
+`PermanentStoreError` or a `TransientStoreError` for what the driver raised,
+so the queue knows whether to isolate bad rows or retry.
 
 `PostgresFlusher` needs psycopg 3 (`pip install 'wbactor[postgres]'`); it is
 imported only when a `PostgresFlusher` is made, so `import wbactor.flushers`

@@ -1,10 +1,20 @@
-"""`SQLiteFlusher`: each batch in one SQLite transaction, standard library only."""
+"""`SQLiteFlusher`: each batch in one SQLite transaction, standard library only.
+
+Three forms share the connection handling and the error classification:
+`SQLiteFlusher.upsert(...)` and `SQLiteFlusher.append(...)` compose their
+statement from the table and column names, quoted; `SQLiteFlusher(path, sql,
+params)` runs a statement of yours. Each writes a batch with one
+`executemany` between `BEGIN` and `COMMIT`.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+import re
 import sqlite3
 import threading
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
 from wbactor.flushers._errors import (
     PermanentStoreError,
@@ -12,6 +22,7 @@ from wbactor.flushers._errors import (
     TransientStoreError,
     log_store_error,
 )
+from wbactor.flushers._tables import Target, check_callable, check_pickles
 
 if TYPE_CHECKING:
     import os
@@ -24,29 +35,97 @@ T = TypeVar("T")
 _SQLITE_ERROR = 1
 """SQLite's generic error code: no such table or column, a syntax error."""
 
+_DEFAULT_PRAGMAS: Mapping[str, str | int] = MappingProxyType(
+    {"journal_mode": "WAL", "synchronous": "NORMAL"}
+)
+
+_PRAGMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
+_PRAGMA_VALUE = re.compile(r"-?[A-Za-z0-9_.]+")
+"""PRAGMA values cannot be parameters: only plain words and numbers pass."""
+
+
+def _quote(name: str) -> str:
+    """Quote an identifier for SQLite: in double quotes, doubling any inside."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _pragma_statements(
+    pragmas: Mapping[str, str | int | None] | None,
+) -> tuple[str, ...]:
+    merged: dict[str, str | int | None] = dict(_DEFAULT_PRAGMAS)
+    merged.update(pragmas or {})
+    statements = []
+    for name, value in merged.items():
+        if not isinstance(name, str) or not _PRAGMA_NAME.fullmatch(name):
+            msg = f"not a PRAGMA name: {name!r}"
+            raise ValueError(msg)
+        if value is None:
+            continue
+        text = str(value)
+        if isinstance(value, bool) or not _PRAGMA_VALUE.fullmatch(text):
+            msg = f"PRAGMA {name}: not a plain word or number: {value!r}"
+            raise ValueError(msg)
+        statements.append(f"PRAGMA {name} = {text}")
+    return tuple(statements)
+
+
+def _statement(target: Target) -> str:
+    table = ".".join(map(_quote, target.table))
+    columns = ", ".join(map(_quote, target.columns))
+    marks = ", ".join("?" * len(target.columns))
+    # Every name is quoted by _quote and every value is a ? parameter, so
+    # nothing from the caller reaches the statement raw.
+    if not target.key:
+        return f"INSERT INTO {table} ({columns}) VALUES ({marks})"  # noqa: S608
+    alias = '"t"'
+    key = ", ".join(map(_quote, target.key))
+    updated = target.updated
+    if not updated:
+        action = "DO NOTHING"
+    else:
+        sets = ", ".join(f"{_quote(c)} = excluded.{_quote(c)}" for c in updated)
+        action = f"DO UPDATE SET {sets}"
+        if target.version is not None:
+            version = _quote(target.version)
+            action += f" WHERE excluded.{version} > {alias}.{version}"
+    return (
+        f"INSERT INTO {table} AS {alias} ({columns}) VALUES ({marks}) "  # noqa: S608
+        f"ON CONFLICT ({key}) {action}"
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Settings:
+    """Everything a flusher is made from, and all that it pickles."""
+
+    database: str | os.PathLike[str]
+    statement: str
+    params: Callable[[Any], Any] | None  # the plain form's
+    setup: tuple[str, ...]
+    timeout: float
+    values: Callable[[Any], Sequence[Any]] | None = None  # upsert's and append's
+
 
 class SQLiteFlusher(Generic[T]):
     """Write each batch to an SQLite database in one transaction.
 
-    Every item becomes one row of parameters, `params(item)`, and the whole
-    batch is one `executemany(sql, rows)` between `BEGIN` and `COMMIT`: the
-    batch is written whole or not at all. Make `sql` an upsert (`INSERT ...
-    ON CONFLICT (...) DO UPDATE SET ...`) so that writing a batch twice does
-    no harm, as delivery is at least once.
+    Make one with `SQLiteFlusher.upsert(...)` or `SQLiteFlusher.append(...)`,
+    which compose their statement from the table and column names (each
+    quoted, so any name is safe) and set `DEFAULT_PRAGMAS` (WAL and
+    `synchronous = NORMAL`); or with `SQLiteFlusher(path, sql, params)`, which
+    runs a statement of yours for every item.
 
-    `sql` and `setup` are used as given and data never goes into them: values
-    travel only as parameters (`?` or `:name` placeholders). Identifiers
-    (table and column names) are never formatted into SQL from data; write
-    them into `sql` yourself, from your code.
-
-    The connection is opened on the first `flush`, on the flusher actor's
-    thread, and `setup` runs on it, so `__init__` does no I/O. On an error
-    the transaction is rolled back and a `PermanentStoreError` or
-    `TransientStoreError` is raised from the `sqlite3` error (and
-    `store_error` logged); after a transient error the connection is closed,
-    so the next attempt reconnects. Build the flusher in
-    `Config(flusher_factory=lambda: SQLiteFlusher(...))`, so each restart gets
-    a fresh one and the queue closes it when it retires it.
+    Every form writes a batch with one `executemany` between `BEGIN` and
+    `COMMIT`: the batch is written whole or not at all. The connection is
+    opened on the first `flush`, on the flusher actor's thread, and the setup
+    runs on it, so making a flusher does no I/O. On an error the transaction
+    is rolled back and a `PermanentStoreError` or `TransientStoreError` is
+    raised from the `sqlite3` error (and `store_error` logged); after a
+    transient error the connection is closed, so the next attempt reconnects.
+    Build the flusher in `Config(flusher_factory=...)`, so each restart gets
+    a fresh one and the queue closes it when it retires it. A flusher
+    pickles (without its connection), so it can be sent to a worker process,
+    provided `values` or `params` is a function defined at module level.
 
     Args:
         database: Path of the database file.
@@ -59,6 +138,18 @@ class SQLiteFlusher(Generic[T]):
             failing with "database is locked" (a transient error).
     """
 
+    DEFAULT_PRAGMAS: ClassVar[Mapping[str, str | int]] = _DEFAULT_PRAGMAS
+    """The PRAGMAs `upsert` and `append` set on each new connection.
+
+    `journal_mode = WAL` lets readers run beside the writer and makes a commit
+    one append to the log; `synchronous = NORMAL` syncs at checkpoints, not at
+    every commit: a power loss may lose the last transactions but never
+    corrupts the database, and an application crash loses nothing. Override
+    either with `pragmas=`, or skip one with `pragmas={"journal_mode": None}`
+    (WAL needs shared memory: not on a network file system). The plain
+    constructor sets none: put them in its `setup`.
+    """
+
     def __init__(
         self,
         database: str | os.PathLike[str],
@@ -69,31 +160,216 @@ class SQLiteFlusher(Generic[T]):
         timeout: float = 5.0,
     ) -> None:
         """Describe the writes; connect on the first flush, not here."""
-        self._database = database
-        self._sql = sql
-        self._params = params
-        self._setup = tuple(setup)
-        self._timeout = timeout
+        self._start(_Settings(database, sql, params, tuple(setup), timeout))
+
+    @overload
+    @classmethod
+    def upsert(
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        key: str | Sequence[str],
+        *,
+        values: Callable[[T], Sequence[Any]],
+        version: str | None = None,
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[T]: ...
+
+    @overload
+    @classmethod
+    def upsert(
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        key: str | Sequence[str],
+        *,
+        values: None = None,
+        version: str | None = None,
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[Sequence[Any]]: ...
+
+    @classmethod
+    def upsert(  # noqa: PLR0913 - the table's shape, as the contract names it
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        key: str | Sequence[str],
+        *,
+        values: Callable[[Any], Sequence[Any]] | None = None,
+        version: str | None = None,
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[Any]:
+        """Upsert each batch into `table`: `INSERT ... ON CONFLICT (key) DO UPDATE`.
+
+        Every column but the key is set from the new row on a conflict. The
+        rows of a batch are written in push order, so of rows that repeat a
+        key the last wins; with `version="tick"`, the statement gains `WHERE
+        excluded.tick > table.tick`, so a row is only ever replaced by a
+        strictly newer one: the highest version wins, and a batch written
+        late or twice never moves a row backwards.
+
+        Args:
+            path: Path of the database file.
+            table: The table's name, exactly as in the database (quoted,
+                never split: `"a.b"` is one name), or `(schema, table)`, the
+                schema being `"main"`, `"temp"` or an attached database.
+            columns: The columns written, in the order of `values(item)`.
+            key: The column, or columns, of a primary key or unique index.
+            values: Returns an item's row: a tuple in `columns` order. None
+                (the default): the item is that row already.
+            version: A column of `columns` (not of `key`) that orders the
+                writes of a key, such as a tick or a sequence number.
+            pragmas: PRAGMAs for each new connection, over `DEFAULT_PRAGMAS`,
+                `{"synchronous": "FULL"}`; a value of None leaves that PRAGMA
+                as SQLite has it.
+            timeout: Seconds to wait for another connection's lock.
+
+        Returns:
+            A flusher for `Config(flusher_factory=...)`; it connects on its
+            first flush.
+
+        Raises:
+            TypeError, ValueError: A name, PRAGMA or argument is not usable.
+        """
+        target = Target.of(table, columns, key, version, upsert=True)
+        return cls._composed(path, target, values, pragmas, timeout)
+
+    @overload
+    @classmethod
+    def append(
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        *,
+        values: Callable[[T], Sequence[Any]],
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[T]: ...
+
+    @overload
+    @classmethod
+    def append(
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        *,
+        values: None = None,
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[Sequence[Any]]: ...
+
+    @classmethod
+    def append(  # noqa: PLR0913 - as upsert, without the key
+        cls,
+        path: str | os.PathLike[str],
+        table: str | tuple[str, str],
+        columns: Sequence[str],
+        *,
+        values: Callable[[Any], Sequence[Any]] | None = None,
+        pragmas: Mapping[str, str | int | None] | None = None,
+        timeout: float = 5.0,
+    ) -> SQLiteFlusher[Any]:
+        """Append each batch to `table`: a plain `INSERT` per row, one transaction.
+
+        For tables of events, logs or history. A retried batch is appended
+        again (delivery is at least once): use `upsert` if duplicates matter.
+
+        Args:
+            path: Path of the database file.
+            table: The table's name, exactly as in the database, or
+                `(schema, table)`.
+            columns: The columns written, in the order of `values(item)`.
+            values: Returns an item's row: a tuple in `columns` order. None
+                (the default): the item is that row already.
+            pragmas: PRAGMAs for each new connection, as for `upsert`.
+            timeout: Seconds to wait for another connection's lock.
+
+        Returns:
+            A flusher for `Config(flusher_factory=...)`.
+
+        Raises:
+            TypeError, ValueError: A name, PRAGMA or argument is not usable.
+        """
+        target = Target.of(table, columns, upsert=False)
+        return cls._composed(path, target, values, pragmas, timeout)
+
+    @classmethod
+    def _composed(
+        cls,
+        path: str | os.PathLike[str],
+        target: Target,
+        values: Callable[[Any], Sequence[Any]] | None,
+        pragmas: Mapping[str, str | int | None] | None,
+        timeout: float,
+    ) -> SQLiteFlusher[Any]:
+        check_callable("values", values)
+        flusher: SQLiteFlusher[Any] = cls.__new__(cls)
+        flusher._start(
+            _Settings(
+                path,
+                _statement(target),
+                None,
+                _pragma_statements(pragmas),
+                timeout,
+                values,
+            )
+        )
+        return flusher
+
+    def _start(self, settings: _Settings) -> None:
+        self._settings = settings
         self._db: sqlite3.Connection | None = None
         # flush() and close() may come from different threads (a shared
         # flusher is closed by the supervisor), never at once.
         self._lock = threading.Lock()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickle the settings only: the copy connects on its first flush.
+
+        Raises:
+            pickle.PicklingError: `values` or `params` does not pickle; the
+                message names it.
+        """
+        settings = self._settings
+        check_pickles(
+            "SQLiteFlusher",
+            (
+                (field.name, getattr(settings, field.name))
+                for field in dataclasses.fields(settings)
+            ),
+        )
+        return (_restore, (type(self), settings))
 
     def flush(self, batch: Sequence[T]) -> None:
         """Write `batch` in one transaction: all of it, or none of it.
 
         Raises:
             PermanentStoreError: The database refused the batch (a constraint,
-                an unknown table or column, a syntax error, a bad parameter).
+                an unknown table or column, a syntax error, a bad parameter
+                such as an int too large for SQLite).
             TransientStoreError: The database could not take it now (locked,
                 cannot be opened, the connection was closed).
         """
-        rows = [self._params(item) for item in batch]
+        settings = self._settings
+        convert = settings.params or settings.values
+        rows: Any = batch if convert is None else list(map(convert, batch))
         with self._lock:
             try:
                 db = self._connect()
                 db.execute("BEGIN")
-                db.executemany(self._sql, rows)
+                try:
+                    db.executemany(settings.statement, rows)
+                except (OverflowError, ValueError, TypeError) as error:
+                    # A parameter SQLite cannot take: an int over 64 bits.
+                    raise sqlite3.DataError(str(error)) from error
                 db.execute("COMMIT")
             except sqlite3.Error as error:
                 raise self._failed(error) from error
@@ -106,37 +382,21 @@ class SQLiteFlusher(Generic[T]):
         with self._lock:
             self._discard()
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Pickle what describes the writes: not the connection, nor the lock.
-
-        So a flusher, or a factory holding one, can be sent to a worker
-        process (`Config.flusher_process=True`); the copy connects on its
-        first flush. `params` must pickle too (a module-level function).
-        """
-        state = self.__dict__.copy()
-        state["_db"] = None
-        del state["_lock"]
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Restore a pickled flusher, unconnected."""
-        self.__dict__.update(state)
-        self._lock = threading.Lock()
-
     def _connect(self) -> sqlite3.Connection:
         if self._db is None:
+            settings = self._settings
             # isolation_level=None: no implicit transactions; flush() issues
             # BEGIN and COMMIT itself, whatever the statement looks like.
             # check_same_thread=False: close() may come from another thread;
             # the lock keeps uses apart.
             db = sqlite3.connect(
-                self._database,
-                timeout=self._timeout,
+                settings.database,
+                timeout=settings.timeout,
                 isolation_level=None,
                 check_same_thread=False,
             )
             try:
-                for statement in self._setup:
+                for statement in settings.setup:
                     db.execute(statement)
             except BaseException:
                 db.close()
@@ -169,6 +429,13 @@ class SQLiteFlusher(Generic[T]):
         db, self._db = self._db, None
         if db is not None:
             db.close()
+
+
+def _restore(cls: type[SQLiteFlusher[Any]], settings: _Settings) -> Any:
+    """Rebuild a pickled flusher: its settings, no connection yet."""
+    flusher = cls.__new__(cls)
+    flusher._start(settings)  # noqa: SLF001 - our own class
+    return flusher
 
 
 def _classify(error: sqlite3.Error, *, broken: bool) -> StoreError:
