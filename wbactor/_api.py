@@ -21,17 +21,17 @@ from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import PushTimeoutError, QueueClosedError
 from wbactor._ledger import Ledger
 from wbactor._log import (
-    ACTOR_ABANDONED,
     QUEUE_STARTED,
-    QUEUE_STOPPED,
     DropLog,
     QueueLog,
 )
 from wbactor._mailbox import Mailbox
-from wbactor._messages import Flush, RetireFlushers
+from wbactor._messages import Flush
 from wbactor._queue import QueueActor, QueueRef
+from wbactor._stopping import stop_queue
 from wbactor._supervisor import SupervisorActor
 from wbactor._timer import TimerActor
+from wbactor._waiting import off_loop, wait_settled
 from wbactor._worker import new_flusher  # worker-process wiring
 
 if TYPE_CHECKING:
@@ -48,23 +48,11 @@ __all__ = ["WriteBehind", "start"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-STOP_GRACE = 0.25
-"""Seconds `stop(timeout)` gives the actors to stop once the drain's time is
-up; an actor whose user code (a flush, `close()`, a factory) hangs past it is
-abandoned on its daemon thread."""
-
-_STOP_FLOOR = 0.1
-"""Seconds every actor gets to stop even once the deadline has passed, so that
-one whose user code hangs does not eat the time of those behind it."""
 
 _APUSH_FIRST_PAUSE = 0.001
 _APUSH_MAX_PAUSE = 0.01
 """Seconds between two looks for room by `apush()` under BLOCK: from the first
 to the longest, doubling. The look is a `push()` that does not wait."""
-
-_AWAIT_SLICE = 0.05
-"""Seconds the thread behind `aflush()` waits at a time; it gives up within one
-slice once the awaiting task is cancelled."""
 
 
 def start(config: Config[T]) -> WriteBehind[T]:
@@ -286,7 +274,10 @@ class WriteBehind(Generic[T]):
         """
         with self._stop_lock:
             if self._final is None:
-                self._final = self._stop(limit)
+                try:
+                    self._final = stop_queue(self._run, limit)
+                finally:
+                    _lifecycle.untrack(self)
             return self._final
 
     def interrupted_here(self) -> bool:
@@ -297,100 +288,6 @@ class WriteBehind(Generic[T]):
         """
         in_stop: bool = self._stop_lock._is_owned()  # type: ignore[attr-defined]  # noqa: SLF001
         return in_stop or self._ledger.owned()
-
-    def _stop(self, limit: float | None) -> Stats:
-        """Close, drain until `limit` seconds pass, stop the actors; account."""
-        deadline = None if limit is None else time.monotonic() + limit
-        run = self._run
-        self._ledger.close()
-        try:
-            drained = self._drain(deadline)
-        except BaseException:
-            # A KeyboardInterrupt in the drain (a second Ctrl-C at exit):
-            # what is left is dropped, counted, and the actors stopped.
-            run.drops.report(*self._ledger.attempts.abandon())
-            self._stop_actors(time.monotonic())
-            self._finish()
-            raise
-        if not drained:
-            run.drops.report(*self._ledger.attempts.abandon())
-        self._stop_actors(deadline)
-        return self._finish()
-
-    def _finish(self) -> Stats:
-        run = self._run
-        run.drop_log.flush_all()
-        final, evicted = self._ledger.stats()
-        if evicted is not None:
-            run.drops.report(*evicted)
-        run.log.logger.info(
-            QUEUE_STOPPED,
-            pushed=final.pushed,
-            flushed=final.flushed,
-            coalesced=final.coalesced,
-            dropped={r.value: n for r, n in final.dropped.items()},
-            retries=final.retries,
-            restarts=final.restarts,
-            batches=final.batches,
-            depth=final.depth,
-            in_flight=final.in_flight,
-            oldest_age=final.oldest_age,
-        )
-        _lifecycle.untrack(self)
-        return final
-
-    def _drain(self, deadline: float | None) -> bool:
-        """Wait for every accepted item to settle; return whether it did."""
-        future = self._ref.ask(Flush(), block=False)
-        remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-        try:
-            future.get(timeout=remaining)
-        except pykka.Timeout:
-            return False
-        except pykka.ActorDeadError:
-            pass  # stopped some other way: its on_stop accounted for the rest
-        return True
-
-    def _stop_actors(self, deadline: float | None) -> None:
-        """Stop every actor of the queue, giving up on one at the deadline.
-
-        The flusher actors first (so a shared flusher is closed once, when
-        none uses it), then the supervisor, the queue actor and the timer.
-        The waits end at `deadline` plus `STOP_GRACE`, but each actor gets at
-        least `_STOP_FLOOR`.
-        """
-        until = None if deadline is None else max(deadline, time.monotonic())
-        until = None if until is None else until + STOP_GRACE
-        supervisor = self._supervisor
-        asked = supervisor.ask(RetireFlushers(), block=False)
-        flushers = self._wait(asked, until, supervisor)
-        for ref, stopped in flushers or ():
-            self._wait(stopped, until, ref)
-        # Asked to stop together; a supervisor that did not answer above is
-        # hung in user code (a factory) and was logged there already.
-        stops = [(ref, ref.stop(block=False)) for ref in (supervisor, self._ref)]
-        stops.append((self._timer, self._timer.stop(block=False)))
-        for ref, stopped in stops:
-            if ref is not supervisor or flushers is not None:
-                self._wait(stopped, until, ref)
-
-    def _wait(
-        self, future: pykka.Future[Any], until: float | None, ref: pykka.ActorRef[Any]
-    ) -> Any:
-        """Return what `future` holds; None if `ref`'s actor is abandoned or dead."""
-        remaining = None
-        if until is not None:
-            remaining = max(_STOP_FLOOR, until - time.monotonic())
-        try:
-            return future.get(timeout=remaining)
-        except pykka.Timeout:
-            # Hung in user code, on a daemon thread: out of the registry, so
-            # ActorRegistry.stop_all() does not wait for it either.
-            pykka.ActorRegistry.unregister(ref)
-            self._run.log.logger.warning(ACTOR_ABANDONED, actor=str(ref))
-        except pykka.ActorDeadError:
-            pass  # stopped already
-        return None
 
     def _check_not_forked(self) -> None:
         forked_from = self._ledger.forked_from
@@ -509,7 +406,7 @@ class WriteBehind(Generic[T]):
             raise QueueClosedError(msg)
         future = self._ref.ask(Flush(), block=False)
         try:
-            await _settled(future, limit)
+            await wait_settled(future, limit)
         except pykka.Timeout:
             msg = f"flush not done within {timeout} s"
             raise TimeoutError(msg) from None
@@ -539,7 +436,7 @@ class WriteBehind(Generic[T]):
         self._run.threads.check_not_current("astop()")
         if self._final is not None:
             return self._final
-        return await _off_loop(lambda: self.stop(timeout), "wbactor-astop")
+        return await off_loop(lambda: self.stop(timeout), "wbactor-astop")
 
     def __enter__(self) -> WriteBehind[T]:
         """Return the queue; `stop()` runs on exit."""
@@ -554,86 +451,3 @@ class WriteBehind(Generic[T]):
         """Stop the queue, draining it (not in a forked child: not its queue)."""
         if self._ledger.forked_from is None:
             self.stop()
-
-
-async def _settled(future: pykka.Future[Any], limit: float | None) -> Any:
-    """Return what `future` holds, waiting on a helper thread, not on the loop.
-
-    pykka's `await future` would block the loop in `future.get()`. The thread
-    waits in `_AWAIT_SLICE` slices, up to `limit` seconds (then
-    `pykka.Timeout`), and stops at the end of a slice once the awaiting task
-    is cancelled.
-    """
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[Any] = loop.create_future()
-    given_up = threading.Event()
-    deadline = None if limit is None else time.monotonic() + limit
-
-    def wait() -> None:
-        while not given_up.is_set():
-            wait_for = _AWAIT_SLICE
-            last = False
-            if deadline is not None:
-                remaining = deadline - time.monotonic()
-                last = remaining <= _AWAIT_SLICE
-                wait_for = max(0.0, min(remaining, _AWAIT_SLICE))
-            try:
-                value = future.get(timeout=wait_for)
-            except pykka.Timeout as error:
-                if last:
-                    _hand_over(loop, outcome, error=error)
-                    return
-            except BaseException as error:  # noqa: BLE001 - the loop re-raises it
-                _hand_over(loop, outcome, error=error)
-                return
-            else:
-                _hand_over(loop, outcome, value=value)
-                return
-
-    threading.Thread(target=wait, name="wbactor-aflush", daemon=True).start()
-    try:
-        return await outcome
-    finally:
-        given_up.set()
-
-
-async def _off_loop(call: Callable[[], R], name: str) -> R:
-    """Run `call` on a (non-daemon) thread of its own; return or raise its outcome.
-
-    A cancelled awaiting task stops waiting, but `call` runs to its end.
-    """
-    loop = asyncio.get_running_loop()
-    outcome: asyncio.Future[R] = loop.create_future()
-
-    def run() -> None:
-        try:
-            value = call()
-        except BaseException as error:  # noqa: BLE001 - the loop re-raises it
-            _hand_over(loop, outcome, error=error)
-        else:
-            _hand_over(loop, outcome, value=value)
-
-    threading.Thread(target=run, name=name, daemon=False).start()
-    return await outcome
-
-
-def _hand_over(
-    loop: asyncio.AbstractEventLoop,
-    outcome: asyncio.Future[Any],
-    *,
-    value: Any = None,
-    error: BaseException | None = None,
-) -> None:
-    """Settle `outcome` on its loop, from another thread, unless it is done."""
-
-    def settle() -> None:
-        if outcome.done():  # the awaiting task was cancelled
-            return
-        if error is None:
-            outcome.set_result(value)
-        else:
-            outcome.set_exception(error)
-
-    # The loop may be closed by now, its task cancelled: nobody is waiting.
-    with contextlib.suppress(RuntimeError):
-        loop.call_soon_threadsafe(settle)

@@ -314,24 +314,36 @@ class ProcessFlusher(Generic[T]):
             error of the first that failed (None if none did). The batches
             after it were not tried.
 
+        A batch that does not pickle stops the window there: the batches
+        before it are sent and written, and its `pickle.PicklingError` (the
+        message says which item) is returned as the failure of that batch.
+
         Raises:
-            pickle.PicklingError: A batch does not pickle (the message says
-                which, by index, and which item); nothing was sent.
+            pickle.PicklingError: The first batch does not pickle; nothing
+                was sent.
             WorkerDiedError: The worker died before it answered; count none
                 of the batches as written (each may or may not have been).
         """
         if not batches:
             return 0, None
         blobs: list[bytes] = []
+        unpicklable: BaseException | None = None
         for index, batch in enumerate(batches):
             try:
                 blobs.append(pickle.dumps(batch, protocol=PROTOCOL))
-            except Exception as error:  # any failure to pickle
-                raise _not_picklable(batch, error, f"batch {index}, ") from error
+            except Exception as error:  # noqa: BLE001 - any failure to pickle
+                unpicklable = _not_picklable(batch, error, f"batch {index}, ")
+                unpicklable.__cause__ = error
+                break
+        if not blobs:
+            assert unpicklable is not None  # noqa: S101 - the first one failed
+            raise unpicklable
         payload = pickle.dumps((_FLUSH_MANY, blobs), protocol=PROTOCOL)
-        reply = self._exchange(payload, f"while flushing {len(batches)} batches")
+        reply = self._exchange(payload, f"while flushing {len(blobs)} batches")
         _, written, failed = pickle.loads(reply)  # noqa: S301 - our worker's reply
-        return written, None if failed is None else _decode(failed)
+        if failed is not None:
+            return written, _decode(failed)
+        return written, unpicklable
 
     def _exchange(self, payload: bytes, doing: str) -> bytes:
         """Send a request; return the worker's reply."""
