@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 import wbactor
-from wbactor import DropReason, Policy, Push, Stats
+from wbactor import DropReason, LaneStats, Policy, Push, Stats
 from wbactor._stats import DroppedCounts
 from wbactor.testing import RecordingFlusher
 
@@ -36,6 +36,10 @@ def snapshot(**overrides: Any) -> Stats:
         "depth": 2,
         "in_flight": 1,
         "oldest_age": 0.25,
+        "lanes": (
+            LaneStats(2, 0, 0, "idle"),
+            LaneStats(0, 1, 3, "backing_off"),
+        ),
     }
     values.update(overrides)
     return Stats(**values)
@@ -122,10 +126,16 @@ def test_as_dict_has_every_field_as_a_plain_json_value() -> None:
         "depth": 2,
         "in_flight": 1,
         "oldest_age": 0.25,
+        "lanes": [
+            {"depth": 2, "in_flight": 0, "failures": 0, "state": "idle"},
+            {"depth": 0, "in_flight": 1, "failures": 3, "state": "backing_off"},
+        ],
     }
     for name, value in plain.items():
         if name == "dropped":
             assert type(value) is dict
+        elif name == "lanes":
+            assert all(type(lane) is dict for lane in value)
         elif name == "oldest_age":
             assert type(value) is float
         else:
@@ -167,12 +177,12 @@ def test_as_dict_refuses_a_field_it_has_no_json_form_for() -> None:
     # A new kind of field must get its own case rather than slip through.
     @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
     class MoreStats(Stats):
-        lanes: tuple[int, ...] = ()
+        shards: tuple[int, ...] = ()
 
     more = MoreStats(
         **{f.name: getattr(snapshot(), f.name) for f in dataclasses.fields(Stats)}
     )
-    with pytest.raises(TypeError, match="lanes"):
+    with pytest.raises(TypeError, match="shards"):
         more.as_dict()
 
 

@@ -28,7 +28,7 @@ from wbactor._failures import Failure, default_classify
 from wbactor._lifecycle import stop_on_signals
 from wbactor._messages import Flush, FlushTick, Push, PushMany
 from wbactor._queue import QueueRef
-from wbactor._stats import DropReason, Stats
+from wbactor._stats import DropReason, LaneStats, Stats
 
 try:
     __version__: str = _metadata.version("wbactor")
@@ -48,6 +48,7 @@ __all__ = [
     "Flusher",
     "FlusherLike",
     "FlusherRequiredError",
+    "LaneStats",
     "MonotonicClock",
     "PartialFailure",
     "PermanentError",

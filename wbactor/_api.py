@@ -29,7 +29,8 @@ from wbactor._mailbox import Mailbox
 from wbactor._messages import Flush
 from wbactor._queue import QueueActor, QueueRef
 from wbactor._stopping import stop_queue
-from wbactor._supervisor import SupervisorActor
+from wbactor._flusher import close_flusher
+from wbactor._supervisor import SharedFlusher, SupervisorActor
 from wbactor._timer import TimerActor
 from wbactor._waiting import off_loop, wait_settled
 from wbactor._worker import new_flusher  # worker-process wiring
@@ -40,7 +41,7 @@ if TYPE_CHECKING:
 
     from wbactor._admission import Admission
     from wbactor._clock import Clock
-    from wbactor._config import Config
+    from wbactor._config import Config, FlusherLike
     from wbactor._stats import Stats
 
 __all__ = ["WriteBehind", "start"]
@@ -62,10 +63,8 @@ def start(config: Config[T]) -> WriteBehind[T]:
     fails raises from `start()`.
     """
     clock: Clock = config.clock if config.clock is not None else MonotonicClock()
-    # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
-    first = new_flusher(config) if config.flusher_factory else config.flusher
-    assert first is not None  # noqa: S101 - Config guarantees one of them
     log = QueueLog(config.name)
+    firsts = _first_flushers(config, log)
     drop_log = DropLog(clock, log)
     threads = ActorThreads()
     drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads, log)
@@ -84,20 +83,28 @@ def start(config: Config[T]) -> WriteBehind[T]:
         drop_log=drop_log,
         log=log,
     )
-    supervisor: pykka.ActorRef[Any] = SupervisorActor.start(
-        config=config,
-        first_flusher=first,
-        ledger=ledger,
-        drops=drops,
-        threads=threads,
-        log=log,
-        clock=clock,
-        timer=timer,
-        queue=queue_ref,
-    )
-    # The two refer to each other, so the queue learns its supervisor by a
+    shared = None
+    if config.flusher_factory is None:
+        shared = SharedFlusher(config.flusher, config.lanes, log)
+    supervisors: list[pykka.ActorRef[Any]] = [
+        SupervisorActor.start(
+            config=config,
+            first_flusher=first,
+            ledger=ledger,
+            drops=drops,
+            threads=threads,
+            log=log.for_lane(lane, config.lanes),
+            clock=clock,
+            timer=timer,
+            queue=queue_ref,
+            lane=lane,
+            shared=shared,
+        )
+        for lane, first in enumerate(firsts)
+    ]
+    # They refer to each other, so the queue learns its supervisors by a
     # message, which precedes any batch the queue could cut.
-    queue_ref.ask(ProxySetAttr(attr_path=("supervisor",), value=supervisor))
+    queue_ref.ask(ProxySetAttr(attr_path=("supervisors",), value=supervisors))
     log.logger.info(
         QUEUE_STARTED,
         capacity=config.capacity,
@@ -107,6 +114,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
         max_retries=config.max_retries,
         flush_timeout=config.flush_timeout,
         block_timeout=config.block_timeout,
+        lanes=config.lanes,
     )
     wb = WriteBehind(
         _Running(
@@ -118,12 +126,33 @@ def start(config: Config[T]) -> WriteBehind[T]:
             log=log,
             drop_log=drop_log,
             ref=queue_ref,
-            supervisor=supervisor,
+            supervisors=tuple(supervisors),
             timer=timer,
         )
     )
     _lifecycle.track(wb)
     return wb
+
+
+def _first_flushers(config: Config[T], log: QueueLog) -> list[FlusherLike[T]]:
+    """Return each lane's first flusher: from the factory, or the shared one.
+
+    A factory that fails raises from here, and the flushers it made for
+    the lanes before are closed (a worker process is stopped).
+    """
+    if config.flusher_factory is None:
+        assert config.flusher is not None  # noqa: S101 - Config guarantees one of them
+        return [config.flusher] * config.lanes
+    made: list[FlusherLike[T]] = []
+    try:
+        for _ in range(config.lanes):
+            # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
+            made.append(new_flusher(config))
+    except BaseException:
+        for flusher in made:
+            close_flusher(flusher, log)
+        raise
+    return made
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +167,7 @@ class _Running(Generic[T]):
     log: QueueLog
     drop_log: DropLog
     ref: QueueRef[T]
-    supervisor: pykka.ActorRef[Any]
+    supervisors: tuple[pykka.ActorRef[Any], ...]
     timer: pykka.ActorRef[Any]
 
 
@@ -156,7 +185,7 @@ class WriteBehind(Generic[T]):
         self._ledger = running.ledger
         self._admission = running.admission
         self._ref = running.ref
-        self._supervisor = running.supervisor
+        self._supervisor = running.supervisors[0]  # lane 0's
         self._timer = running.timer
         # Re-entrant, so that a stop() from a signal handler that interrupted
         # stop() on the same thread can tell, instead of deadlocking.

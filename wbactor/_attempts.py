@@ -1,9 +1,11 @@
 """The attempt record: the batch in flight, settled part by part, and its epoch.
 
-`Attempts` is the ledger's second half (`ledger.attempts`): it shares the
-ledger's lock and buffer, and holds what a flush attempt needs: the epoch
+`Attempts` is the ledger's second half, one per lane (`ledger.lanes`;
+`ledger.attempts` is lane 0's): it shares the ledger's lock and counters,
+drives its lane's `Flight`, and holds what a flush attempt needs: the epoch
 that fences out late results, the failed attempts of the current part, when
-the current attempt started, and whether one was abandoned.
+the current attempt started, and whether one was abandoned. Each lane's
+epoch is its own, so one lane's failures and retries leave the others be.
 
 A batch in flight settles as one part, unless a PERMANENT failure splits it:
 then its parts are flushed in push order, head first, each at once (no
@@ -24,13 +26,14 @@ from wbactor._stats import DropReason
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from wbactor._flight import Flight
     from wbactor._ledger import Dropped, Ledger
+    from wbactor._stats import LaneState
 
 __all__ = ["Attempt", "Attempts", "Failed", "Isolated"]
 
 T = TypeVar("T")
 
-_CLOSED = DropReason.CLOSED
 _REJECTED = DropReason.REJECTED
 
 
@@ -82,18 +85,26 @@ Next = list[T] | Stale | None
 class Attempts(Generic[T]):
     """The epoch and the attempt of the batch in flight, under the ledger's lock."""
 
-    def __init__(self, ledger: Ledger[T]) -> None:
-        """Keep the attempt record of `ledger`'s batch in flight."""
+    def __init__(
+        self,
+        ledger: Ledger[T],
+        flight: Flight[T],
+        observers: list[Callable[[float], object]],
+    ) -> None:
+        """Keep the attempt record of `flight`, a lane of `ledger`."""
         self._ledger = ledger
-        self._buffer = ledger.buffer
+        self._buffer = ledger.buffer  # its counters
+        self._flight = flight
+        self.lane = flight.index
         self._epoch = 0
         self._failures = 0  # transient failures of the head part
         self._started: float | None = None
         self._batches = 1  # batches handed over in the current attempt
         self._abandoned = False  # an attempt was given up on at stop: may hang
-        self.observers: list[Callable[[float], object]] = []
+        self.observers = observers
         """Called by the flusher actor, outside the lock, with the seconds
-        each flush attempt took, failed ones included (for metrics)."""
+        each flush attempt took, failed ones included (for metrics); one list
+        for every lane."""
 
     def reset(self) -> None:
         """Start (lock held) the record of a batch just taken into flight."""
@@ -105,11 +116,11 @@ class Attempts(Generic[T]):
     def start(self, epoch: int) -> list[T] | None:
         """Return a copy of the part to flush for `epoch`'s attempt, or None."""
         with self._ledger.lock:
-            if epoch != self._epoch or self._buffer.in_flight is None:
+            if epoch != self._epoch or self._flight.items is None:
                 return None
             self._started = self._ledger.now()
             self._batches = 1
-            return self._buffer.head_part()
+            return self._flight.head_part()
 
     def complete(self, epoch: int) -> Next[T]:
         """Count the part in flight as flushed; return what to flush next.
@@ -121,7 +132,7 @@ class Attempts(Generic[T]):
         with self._ledger.lock:
             if epoch != self._epoch:
                 return STALE
-            self._buffer.complete()
+            self._flight.complete()
             return self._next()
 
     def isolate(self, epoch: int) -> Isolated[T]:
@@ -134,14 +145,14 @@ class Attempts(Generic[T]):
         with self._ledger.lock:
             if epoch != self._epoch:
                 return Isolated(STALE, [], None)
-            buffer = self._buffer
-            buffer.retries += 1
-            if len(buffer.head_part()) > 1:
-                split = buffer.split_head()
+            flight = self._flight
+            self._buffer.retries += 1
+            if len(flight.head_part()) > 1:
+                split = flight.split_head()
                 self._started = self._ledger.now()
                 self._ledger.settled()
-                return Isolated(buffer.head_part(), [], split)
-            rejected = buffer.drop_head(_REJECTED)
+                return Isolated(flight.head_part(), [], split)
+            rejected = flight.drop_head(_REJECTED)
             return Isolated(self._next(), rejected, None)
 
     def partly(self, epoch: int, failed: list[int], *, permanent: bool) -> Isolated[T]:
@@ -155,26 +166,24 @@ class Attempts(Generic[T]):
         with self._ledger.lock:
             if epoch != self._epoch:
                 return Isolated(STALE, [], None)
-            buffer = self._buffer
             if permanent:
-                buffer.retries += 1
-                rejected = buffer.settle_head_partly(failed, _REJECTED)
+                self._buffer.retries += 1
+                rejected = self._flight.settle_head_partly(failed, _REJECTED)
                 return Isolated(self._next(), rejected, None)
-            buffer.settle_head_partly(failed, None)
+            self._flight.settle_head_partly(failed, None)
             self._ledger.settled()
             return Isolated(None, [], None)
 
     def _next(self) -> Next[T]:
         """Return (lock held) what to flush after the head part settled."""
-        buffer = self._buffer
         self._failures = 0
         ledger = self._ledger
         self._batches = 1
-        if buffer.in_flight is not None:  # more parts of this batch
+        if self._flight.items is not None:  # more parts of this batch
             ledger.settled()
             self._started = ledger.now()
-            return buffer.head_part()
-        batch = ledger.settled_batch()  # the next full batch, if one waits
+            return self._flight.head_part()
+        batch = ledger.settled_batch(self._flight)  # its next full batch, if one waits
         if batch is None:
             self._started = None
             return None
@@ -197,16 +206,16 @@ class Attempts(Generic[T]):
         with ledger.lock:
             if epoch != self._epoch:
                 return STALE
-            buffer = self._buffer
+            flight = self._flight
             topped = False
-            while buffer.count_parts() < most and len(buffer) >= batch_size:
-                if buffer.in_flight is None:
+            while flight.count_parts() < most and len(flight.queue) >= batch_size:
+                if flight.items is None:
                     self.reset()
-                buffer.extend_flight(batch_size)
+                flight.extend(batch_size)
                 topped = True
             if topped:
                 ledger.settled()  # room made; the trigger follows the flight
-            parts = buffer.parts(most)
+            parts = flight.parts(most)
             self._started = ledger.now() if parts else None
             self._batches = max(1, len(parts))
             return parts
@@ -217,7 +226,7 @@ class Attempts(Generic[T]):
             if epoch != self._epoch:
                 return False
             for _ in range(done):
-                self._buffer.complete()
+                self._flight.complete()
             if done:
                 self._failures = 0
                 self._ledger.settled()
@@ -228,7 +237,7 @@ class Attempts(Generic[T]):
     def attempt(self) -> Attempt:
         """Return the current epoch and its attempt."""
         with self._ledger.lock:
-            in_flight = self._buffer.in_flight is not None
+            in_flight = self._flight.items is not None
             return Attempt(self._epoch, self._started, in_flight, self._batches)
 
     def fail(self, epoch: int, started: float | None = None) -> Failed | None:
@@ -245,12 +254,12 @@ class Attempts(Generic[T]):
                 return None
             self._epoch += 1
             self._started = None
-            if self._buffer.in_flight is None:
+            if self._flight.items is None:
                 return Failed(0, 0, self._epoch)
             self._failures += 1
             self._buffer.retries += 1
             self._ledger.settled()
-            return Failed(self._failures, len(self._buffer.head_part()), self._epoch)
+            return Failed(self._failures, len(self._flight.head_part()), self._epoch)
 
     def rebase(self, epoch: int, started: float, now: float) -> None:
         """Restart the attempt's clock at `now` (the clock stepped back before it)."""
@@ -266,8 +275,8 @@ class Attempts(Generic[T]):
         reason = DropReason.RETRIES_EXHAUSTED
         with self._ledger.lock:
             self._failures = 0
-            items = self._buffer.drop_head(reason)
-            more = self._buffer.in_flight is not None
+            items = self._flight.drop_head(reason)
+            more = self._flight.items is not None
             self._ledger.settled()
             return (items, reason), more
 
@@ -285,18 +294,21 @@ class Attempts(Generic[T]):
         """Whether an attempt was given up on at stop (it may hang for good)."""
         return self._abandoned
 
-    def abandon(self) -> Dropped[T]:
-        """Give up on everything queued or in flight (stop ran out of time).
+    def abandon(self) -> None:
+        """Give up (lock held) on this lane's attempt: stop ran out of time.
 
-        The epoch moves on, so a late result from a hung attempt is ignored.
-        Returns the items, now counted as dropped with `closed`.
+        The epoch moves on, so a late result from a hung attempt is ignored;
+        `Ledger.abandon` drops what is left, in every lane.
         """
-        with self._ledger.lock:
-            self._epoch += 1
-            self._started = None
-            buffer = self._buffer
-            if buffer.in_flight is not None:
-                self._abandoned = True
-            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
-            self._ledger.settled()
-            return items, _CLOSED
+        self._epoch += 1
+        self._started = None
+        if self._flight.items is not None:
+            self._abandoned = True
+
+    def lane_state(self) -> tuple[int, LaneState]:
+        """Return (lock held) the failed attempts of the batch in flight, and the state."""
+        if self._flight.items is None:
+            return 0, "idle"
+        if self._failures and self._started is None:
+            return self._failures, "backing_off"
+        return self._failures, "flushing"

@@ -1,16 +1,24 @@
 """The policy buffer: a pure, single-threaded ledger of where every item is.
 
-It holds the queued items, the batch in flight and every counter, and applies
-the overflow policy. It knows nothing of threads, actors or time sources (the
-time is passed in), so its rules can be tested directly and against a model.
-The ledger (`_ledger.py`) wraps it in a lock; admission (`_admission.py`)
-applies the policies to it.
+It holds the queued items, the batches in flight and every counter, and
+applies the overflow policy. It knows nothing of threads, actors or time
+sources (the time is passed in), so its rules can be tested directly and
+against a model. The ledger (`_ledger.py`) wraps it in a lock; admission
+(`_admission.py`) applies the policies to it.
 
-Positions: every item that enters the queue's tail takes the next position
-(`tail`); items leave from the front (`head`), into a batch or evicted. A
-coalesced item takes over the position of the item it replaces. So "every item
-pushed before now" is "every position below `tail` now", which is how `Flush`
-knows when it is done.
+Queues and lanes: items wait in a `LaneQueue`. With one lane, or several
+lanes without a `key_func`, there is one queue, and each lane's `Flight`
+(`_flight.py`) cuts its batches from it in push order. With several lanes
+and a `key_func` ("routed"), each lane has a queue of its own, which an
+item enters by its key; `capacity` and the policies still count the whole
+queue (DROP_OLDEST evicts the oldest item of all queues, found through
+`_order`, the queues' entries in arrival order).
+
+Positions: every item that enters a queue's tail takes that queue's next
+position (`tail`); items leave from the front (`head`), into a batch or
+evicted. A coalesced item takes over the position of the item it replaces.
+So "every item pushed before now" is "every position below each queue's
+`tail` now", which is how `Flush` knows when it is done.
 
 Nothing counts items as they are appended: `tail` is `head + len`, and
 `pushed` follows from it. So admission may `append` to `items` without the
@@ -24,12 +32,13 @@ from collections import OrderedDict, deque
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from wbactor._config import Policy
-from wbactor._stats import DropReason, Stats
+from wbactor._flight import Flight
+from wbactor._stats import DropReason, LaneStats, Stats
 
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
-__all__ = ["PolicyBuffer"]
+__all__ = ["LaneQueue", "PolicyBuffer"]
 
 T = TypeVar("T")
 
@@ -37,28 +46,112 @@ _OLDEST = DropReason.DROP_OLDEST
 _NEWEST = DropReason.DROP_NEWEST
 
 
+class LaneQueue(Generic[T]):
+    """Items waiting for a batch: a deque, or a key index (COALESCE_BY_KEY)."""
+
+    __slots__ = ("by_key", "head", "items", "keyed", "marks")
+
+    def __init__(self, *, keyed: bool, now: float) -> None:
+        """Make an empty queue; `keyed` for COALESCE_BY_KEY."""
+        self.keyed = keyed
+        self.items: deque[T] = deque()
+        self.by_key: OrderedDict[Hashable, T] = OrderedDict()
+        self.head = 0
+        # (time, tail) marks, at least one per tick: the oldest queued item
+        # entered after the last mark whose tail is <= head.
+        self.marks: deque[tuple[float, int]] = deque([(now, 0)])
+
+    def __len__(self) -> int:
+        """Return the items queued."""
+        return len(self.by_key) if self.keyed else len(self.items)
+
+    @property
+    def tail(self) -> int:
+        """Return the position the next new item takes."""
+        return self.head + len(self)
+
+    def pop_oldest(self, n: int) -> list[T]:
+        """Remove and return up to `n` of the oldest items."""
+        k = min(n, len(self))
+        if self.keyed:
+            popitem = self.by_key.popitem
+            batch = [popitem(last=False)[1] for _ in range(k)]
+        else:
+            # popleft, not list() + clear(): another thread may append meanwhile.
+            popleft = self.items.popleft
+            batch = [popleft() for _ in range(k)]
+        self.head += k
+        return batch
+
+    def values(self) -> list[T]:
+        """Return the queued items, oldest first (a copy)."""
+        return list(self.by_key.values()) if self.keyed else list(self.items)
+
+    def mark(self, now: float) -> None:
+        """Note the time against the tail position (once per tick)."""
+        marks, tail = self.marks, self.tail
+        if marks[-1][1] == tail:
+            marks[-1] = (now, tail)  # nothing entered since: tighter bound
+        else:
+            marks.append((now, tail))
+        self.prune_marks()
+
+    def prune_marks(self) -> None:
+        """Forget the marks no queued item needs any more."""
+        marks, head = self.marks, self.head
+        while len(marks) > 1 and marks[1][1] <= head:
+            marks.popleft()
+
+    def oldest_age(self, now: float) -> float:
+        """Return an upper bound, tight to one tick, on the oldest item's wait."""
+        if not len(self):
+            return 0.0
+        self.prune_marks()
+        return max(0.0, now - self.marks[0][0])
+
+
 class PolicyBuffer(Generic[T]):
-    """Queued items, the batch in flight, and the counters that account for them.
+    """Queued items, the batches in flight, and the counters that account for them.
 
     Not thread-safe. `push_keyed` returns `None` when nothing was dropped,
     or a 1-tuple holding the dropped item (its reason is `overflow_reason`);
-    the caller reports it.
+    the caller reports it. The methods about "the batch in flight" (`take`,
+    `complete`, ...) are lane 0's `Flight`; the ledger drives each lane's
+    through `flights`.
     """
 
-    def __init__(self, capacity: int, policy: Policy, now: float = 0.0) -> None:
-        """Make an empty buffer holding at most `capacity` queued items."""
+    def __init__(  # noqa: PLR0913 - the policy's shape, all keyword but two
+        self,
+        capacity: int,
+        policy: Policy,
+        now: float = 0.0,
+        *,
+        lanes: int = 1,
+        routed: bool = False,
+    ) -> None:
+        """Make an empty buffer holding at most `capacity` queued items.
+
+        `lanes` flights; with `routed`, a queue of its own for each.
+        """
         self.capacity = capacity
         self.policy = policy
         self.overflow_reason = _NEWEST if policy is Policy.DROP_NEWEST else _OLDEST
-        self._keyed = policy is Policy.COALESCE_BY_KEY
-        self._items: deque[T] = deque()
-        self._by_key: OrderedDict[Hashable, T] = OrderedDict()
-        self.head = 0
-        self.in_flight: list[T] | None = None
-        self.in_flight_start = 0  # position of in_flight[0], or a lower bound
-        # The batch in flight settles part by part, head first: one part
-        # when taken; more once a permanent failure splits it (bisection).
-        self._parts: deque[int] = deque()
+        self._keyed = keyed = policy is Policy.COALESCE_BY_KEY
+        self.routed = routed and lanes > 1
+        count = lanes if self.routed else 1
+        self.queues: list[LaneQueue[T]] = [
+            LaneQueue(keyed=keyed, now=now) for _ in range(count)
+        ]
+        self._queue = self.queues[0]
+        self._items = self._queue.items
+        self._by_key = self._queue.by_key
+        self.flights: list[Flight[T]] = [
+            Flight(self, self.queues[i if self.routed else 0], i) for i in range(lanes)
+        ]
+        self._flight = self.flights[0]
+        # Routed: (queue, position) of each entry, oldest first; entries of
+        # items already gone are skipped when met, and pruned now and then.
+        self._order: deque[tuple[int, int]] = deque()
         self.coalesced = 0
         self.rejected = 0
         self.flushed = 0
@@ -66,14 +159,13 @@ class PolicyBuffer(Generic[T]):
         self.retries = 0
         self.restarts = 0
         self.dropped: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
-        # (time, tail) marks, at least one per tick: the oldest queued item
-        # entered after the last mark whose tail is <= head.
-        self._marks: deque[tuple[float, int]] = deque([(now, 0)])
 
     # -- queue contents ---------------------------------------------------
 
     def __len__(self) -> int:
-        """Return the number of items queued (not counting the batch in flight)."""
+        """Return the number of items queued (not counting the batches in flight)."""
+        if self.routed:
+            return sum(len(queue) for queue in self.queues)
         return len(self._by_key) if self._keyed else len(self._items)
 
     def full(self) -> bool:
@@ -81,8 +173,8 @@ class PolicyBuffer(Generic[T]):
         return len(self) >= self.capacity
 
     def queued(self) -> list[T]:
-        """Return the queued items, oldest first (a copy)."""
-        return list(self._by_key.values()) if self._keyed else list(self._items)
+        """Return the queued items, oldest first within each lane (a copy)."""
+        return [item for queue in self.queues for item in queue.values()]
 
     @property
     def items(self) -> deque[T]:
@@ -95,18 +187,50 @@ class PolicyBuffer(Generic[T]):
         return self._by_key
 
     @property
+    def head(self) -> int:
+        """Return the position of the oldest queued item (of all queues, summed)."""
+        if self.routed:
+            return sum(queue.head for queue in self.queues)
+        return self._queue.head
+
+    @property
     def tail(self) -> int:
-        """Return the position the next new item takes."""
-        return self.head + len(self)
+        """Return the position the next new item takes (of all queues, summed)."""
+        if self.routed:
+            return sum(queue.tail for queue in self.queues)
+        return self._queue.tail
 
     @property
     def pushed(self) -> int:
         """Return the items pushed: entered the tail, coalesced, or refused."""
         return self.tail + self.coalesced + self.rejected
 
+    def settled_in(self, queue: LaneQueue[T]) -> int:
+        """Return the position below which every item of `queue` settled."""
+        settled = queue.head
+        for flight in self.flights:
+            if flight.items is not None and flight.queue is queue:
+                settled = min(settled, flight.start)
+        return settled
+
     def settled(self) -> int:
-        """Return the position below which every item is flushed or dropped."""
-        return self.in_flight_start if self.in_flight is not None else self.head
+        """Return the position below which every item is flushed or dropped (one queue)."""
+        return self.settled_in(self._queue)
+
+    def tails(self) -> tuple[int, ...]:
+        """Return each queue's tail: what a `Flush` asked now covers."""
+        return tuple(queue.tail for queue in self.queues)
+
+    def covered(self, target: tuple[int, ...]) -> bool:
+        """Return whether every item below the positions `target` settled.
+
+        A DROP_NEWEST overshoot refused from the tail lowers the tail below
+        a target taken meanwhile: a target is never above the tail.
+        """
+        return all(
+            min(position, queue.tail) <= self.settled_in(queue)
+            for position, queue in zip(target, self.queues, strict=True)
+        )
 
     # -- pushing ----------------------------------------------------------
     #
@@ -132,17 +256,21 @@ class PolicyBuffer(Generic[T]):
         producer, and so can keys entered into `by_key` before this is called.
         DROP_NEWEST drops the newest (from the right), the others the oldest
         (from the left), each counted as the policy's drop.
-        `length` is the queue length to judge by, if already read.
+        `length` is the queue length to judge by, if already read. A routed
+        buffer never overshoots (its pushes evict as they enter).
         """
+        if self.routed:
+            return []
         if self._keyed:
             return self._evict_keyed(length)
         items = self._items
         excess = (len(items) if length is None else length) - self.capacity
         if excess <= 0:
             return []
+        queue = self._queue
         if excess == 1 and self.overflow_reason is _OLDEST:
             # The common case, once per push into a full queue: no loop.
-            self.head += 1
+            queue.head += 1
             self.dropped[_OLDEST] += 1
             return [items.popleft()]
         if self.policy is Policy.DROP_NEWEST:
@@ -152,7 +280,7 @@ class PolicyBuffer(Generic[T]):
         else:
             popleft = items.popleft
             dropped = [popleft() for _ in range(excess)]
-            self.head += excess
+            queue.head += excess
         self.dropped[self.overflow_reason] += excess
         return dropped
 
@@ -163,7 +291,7 @@ class PolicyBuffer(Generic[T]):
             return []
         popitem = by_key.popitem
         dropped = [popitem(last=False)[1] for _ in range(excess)]
-        self.head += excess
+        self._queue.head += excess
         self.dropped[_OLDEST] += excess
         return dropped
 
@@ -181,7 +309,7 @@ class PolicyBuffer(Generic[T]):
             return None
         by_key[key] = item
         if len(by_key) > self.capacity:
-            self.head += 1
+            self._queue.head += 1
             self.dropped[_OLDEST] += 1
             return (by_key.popitem(last=False)[1],)
         return None
@@ -191,171 +319,149 @@ class PolicyBuffer(Generic[T]):
         self.rejected += 1
         self.dropped[reason] += 1
 
-    # -- batches ----------------------------------------------------------
+    # -- pushing into lanes (routed) ------------------------------------------
+
+    def push_routed(self, lane: int, key: Hashable, item: T) -> list[T]:
+        """Queue `item` in `lane`'s queue (lock held); return what it evicts.
+
+        COALESCE_BY_KEY replaces a queued item with the same key in place.
+        A new entry beyond `capacity` evicts the oldest item of the whole
+        queue (DROP_OLDEST, COALESCE_BY_KEY); DROP_NEWEST and BLOCK are
+        judged by the caller before (refused, or waited for room).
+        """
+        queue = self.queues[lane]
+        if self._keyed:
+            by_key = queue.by_key
+            if key in by_key:
+                by_key[key] = item
+                self.coalesced += 1
+                return []
+            by_key[key] = item
+        else:
+            queue.items.append(item)
+        order = self._order
+        order.append((lane, queue.tail - 1))
+        if len(order) > 2 * self.capacity + 1024:
+            self._prune_order()
+        if len(self) <= self.capacity:
+            return []
+        return [self._evict_oldest_routed()]
+
+    def _evict_oldest_routed(self) -> T:
+        """Drop the oldest queued item of all lanes' queues; return it."""
+        queues, order = self.queues, self._order
+        while True:
+            lane, position = order.popleft()
+            queue = queues[lane]
+            if position >= queue.head:  # still queued: the oldest of its queue
+                (item,) = queue.pop_oldest(1)
+                self.dropped[_OLDEST] += 1
+                return item
+
+    def _prune_order(self) -> None:
+        """Forget the entries of items no longer queued (taken or evicted)."""
+        queues = self.queues
+        self._order = deque(
+            (lane, position)
+            for lane, position in self._order
+            if position >= queues[lane].head
+        )
+
+    # -- batches (lane 0's flight) ------------------------------------------
+
+    @property
+    def in_flight(self) -> list[T] | None:
+        """Lane 0's batch in flight, or None."""
+        return self._flight.items
+
+    @property
+    def in_flight_start(self) -> int:
+        """The position of lane 0's first item in flight, or a lower bound."""
+        return self._flight.start
+
+    def in_flight_count(self) -> int:
+        """Return the items in flight, all lanes together."""
+        if len(self.flights) == 1:
+            return len(self._flight)
+        return sum(len(flight) for flight in self.flights)
 
     def take(self, n: int) -> list[T]:
-        """Move up to `n` of the oldest items into flight and return them."""
-        if self.in_flight is not None:
-            msg = "a batch is already in flight"
-            raise RuntimeError(msg)
-        k = min(n, len(self))
-        if self._keyed:
-            popitem = self._by_key.popitem
-            batch = [popitem(last=False)[1] for _ in range(k)]
-        else:
-            # popleft, not list() + clear(): another thread may append meanwhile.
-            popleft = self._items.popleft
-            batch = [popleft() for _ in range(k)]
-        self.in_flight_start = self.head
-        self.head += k
-        self.in_flight = batch
-        self._parts = deque([k])
-        return batch
+        """Move up to `n` of the oldest items into lane 0's flight and return them."""
+        return self._flight.take(n)
 
     def extend_flight(self, n: int) -> None:
-        """Take up to `n` more of the oldest items into flight, as a part of their own.
-
-        For a window of several batches handed over at once: the part goes
-        behind those in flight, in push order.
-        """
-        if self.in_flight is None:
-            self.take(n)
-            return
-        k = min(n, len(self))
-        if self._keyed:
-            popitem = self._by_key.popitem
-            self.in_flight.extend(popitem(last=False)[1] for _ in range(k))
-        else:
-            popleft = self._items.popleft
-            self.in_flight.extend(popleft() for _ in range(k))
-        self.head += k
-        self._parts.append(k)
+        """Take up to `n` more items into lane 0's flight, as a part of their own."""
+        self._flight.extend(n)
 
     def parts(self, most: int) -> list[list[T]]:
-        """Return copies of up to `most` parts in flight, head first."""
-        if self.in_flight is None:
-            return []
-        parts, start = [], 0
-        for size in list(self._parts)[:most]:
-            parts.append(self.in_flight[start : start + size])
-            start += size
-        return parts
+        """Return copies of up to `most` parts of lane 0's flight, head first."""
+        return self._flight.parts(most)
 
     def count_parts(self) -> int:
-        """Return how many parts are in flight."""
-        return len(self._parts)
+        """Return how many parts lane 0 has in flight."""
+        return self._flight.count_parts()
 
     def head_part(self) -> list[T]:
-        """Return a copy of the part of the batch in flight to flush next."""
-        if self.in_flight is None:
-            return []
-        return self.in_flight[: self._parts[0]]
+        """Return a copy of the part of lane 0's flight to flush next."""
+        return self._flight.head_part()
 
     def complete(self) -> int:
-        """Count the head part of the batch in flight as flushed; return its size.
-
-        With one part (no failure split the batch), that is the whole batch.
-        """
-        if self.in_flight is None:
-            return 0
-        size = self._settle_head()
-        self.flushed += size
-        self.batches += 1
-        return size
+        """Count the head part of lane 0's flight as flushed; return its size."""
+        return self._flight.complete()
 
     def split_head(self) -> tuple[int, int]:
-        """Split the head part in two, the first ceil(n/2) items first; return sizes."""
-        size = self._parts[0]
-        first = (size + 1) // 2
-        self._parts[0] = first
-        self._parts.insert(1, size - first)
-        return first, size - first
+        """Split the head part of lane 0's flight in two; return the sizes."""
+        return self._flight.split_head()
 
     def drop_head(self, reason: DropReason) -> list[T]:
-        """Drop the head part with `reason`; return its items."""
-        if self.in_flight is None:
-            return []
-        items = self.in_flight[: self._parts[0]]
-        self.dropped[reason] += self._settle_head()
-        return items
+        """Drop the head part of lane 0's flight with `reason`; return its items."""
+        return self._flight.drop_head(reason)
 
     def settle_head_partly(
         self, failed: list[int], reason: DropReason | None
     ) -> list[T]:
-        """Count the head part flushed but for the items at `failed` (sorted, unique).
-
-        With a `reason`, those are dropped with it and returned; without,
-        they stay in flight, in order, as the new head part (retried), and
-        nothing is returned.
-        """
-        assert self.in_flight is not None  # noqa: S101 - the ledger checks
-        size = self._parts[0]
-        head = self.in_flight[:size]
-        failures = [head[i] for i in failed]
-        self.flushed += size - len(failures)
-        if reason is not None:
-            self.dropped[reason] += len(failures)
-            self._settle_head()
-            return failures
-        # The first failed item's position is at least that far on.
-        self.in_flight_start += failed[0]
-        self.in_flight[:size] = failures
-        self._parts[0] = len(failures)
-        return []
-
-    def _settle_head(self) -> int:
-        """Take the head part out of flight; return its size."""
-        assert self.in_flight is not None  # noqa: S101 - callers check
-        size = self._parts.popleft()
-        del self.in_flight[:size]
-        self.in_flight_start += size
-        if not self._parts:
-            self.in_flight = None
-        return size
+        """Settle lane 0's head part but for the items at `failed` (see `Flight`)."""
+        return self._flight.settle_head_partly(failed, reason)
 
     def drop_in_flight(self, reason: DropReason) -> list[T]:
-        """Drop the whole batch in flight, every part, with `reason`; return it."""
-        batch = self.in_flight or []
-        self.in_flight = None
-        self._parts.clear()
-        self.dropped[reason] += len(batch)
-        return batch
+        """Drop every lane's batch in flight with `reason`; return the items."""
+        return [item for flight in self.flights for item in flight.drop_all(reason)]
 
     def drop_queued(self, reason: DropReason) -> list[T]:
-        """Drop every queued item with `reason`; return them, oldest first."""
-        items = list(self._by_key.values())
-        self._by_key.clear()
-        unkeyed = self._items
-        while unkeyed:  # popleft, not clear(): another thread may append meanwhile
-            items.append(unkeyed.popleft())
-        self.head += len(items)
+        """Drop every queued item with `reason`; return them, oldest first per lane."""
+        items: list[T] = []
+        for queue in self.queues:
+            items += queue.pop_oldest(len(queue))
+            unkeyed = queue.items
+            while unkeyed:  # popleft, not clear(): another thread may append meanwhile
+                items.append(unkeyed.popleft())
+                queue.head += 1
+        self._order.clear()
         self.dropped[reason] += len(items)
         return items
 
     # -- time -------------------------------------------------------------
 
     def mark(self, now: float) -> None:
-        """Note the time against the tail position (once per tick)."""
-        marks = self._marks
-        if marks[-1][1] == self.tail:
-            marks[-1] = (now, self.tail)  # nothing entered since: tighter bound
-        else:
-            marks.append((now, self.tail))
-        self._prune_marks()
-
-    def _prune_marks(self) -> None:
-        marks, head = self._marks, self.head
-        while len(marks) > 1 and marks[1][1] <= head:
-            marks.popleft()
+        """Note the time against each queue's tail position (once per tick)."""
+        for queue in self.queues:
+            queue.mark(now)
 
     def oldest_age(self, now: float) -> float:
         """Return an upper bound, tight to one tick, on the oldest item's wait."""
-        if not len(self):
-            return 0.0
-        self._prune_marks()
-        return max(0.0, now - self._marks[0][0])
+        return max(queue.oldest_age(now) for queue in self.queues)
 
-    def stats(self, now: float, depth: int | None = None) -> Stats:
+    def lane_depths(self) -> list[int]:
+        """Return each lane's queued items (unrouted: all in lane 0)."""
+        depths = [len(queue) for queue in self.queues]
+        return depths + [0] * (len(self.flights) - len(depths))
+
+    def stats(
+        self,
+        now: float,
+        depth: int | None = None,
+        lanes: tuple[LaneStats, ...] = (),
+    ) -> Stats:
         """Return a snapshot of every counter.
 
         The length is read once (or given as `depth`): another thread may
@@ -372,6 +478,7 @@ class PolicyBuffer(Generic[T]):
             restarts=self.restarts,
             batches=self.batches,
             depth=depth,
-            in_flight=len(self.in_flight) if self.in_flight is not None else 0,
+            in_flight=self.in_flight_count(),
             oldest_age=self.oldest_age(now) if depth else 0.0,
+            lanes=lanes,
         )

@@ -224,6 +224,10 @@ def _repoint_frozen_setattr(cls: _C) -> _C:
     return cls
 
 
+MAX_LANES = 1024
+"""Most lanes a queue may have: each is a flusher actor (or worker process)."""
+
+
 @_repoint_frozen_setattr
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Config(Generic[T]):
@@ -313,6 +317,13 @@ class Config(Generic[T]):
     """Run each flusher in a worker process of its own (spawned), out of the
     producers' GIL; needs a picklable `flusher_factory`."""
 
+    lanes: int = 1
+    """Flushers writing at once, each with one batch in flight and its own
+    retries (a positive int, at most 1024). With a `key_func`, an item goes
+    to lane `hash(key) % lanes`, so one key's items keep their push order;
+    without one, batches go to whichever lane is free, in push order.
+    `capacity` and the policy count the whole queue."""
+
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
         capacity: object = self.capacity
@@ -371,6 +382,10 @@ class Config(Generic[T]):
                 "max_retries must be an int >= -1 (-1 retries forever), "
                 f"got {self.max_retries!r}"
             )
+            raise ConfigError(msg)
+        lanes: object = self.lanes
+        if not _is_int(lanes) or not 1 <= self.lanes <= MAX_LANES:
+            msg = f"lanes must be an int from 1 to {MAX_LANES}, got {lanes!r}"
             raise ConfigError(msg)
         self._check_durations()
         self._check_hooks()

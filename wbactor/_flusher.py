@@ -96,8 +96,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         supervisor: pykka.ActorRef[Any],
         retired: threading.Event,
         owns_flusher: bool,
+        lane: int = 0,
     ) -> None:
-        """Make the flusher actor of `epoch`."""
+        """Make the flusher actor of `lane`'s `epoch`."""
         super().__init__()
         self._flusher = flusher
         self._flush = as_flush_function(flusher)
@@ -110,7 +111,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         ) = flush_many if callable(flush_many) else None
         self._batch_size = batch_size
         self._epoch = epoch
-        self._attempts = ledger.attempts
+        self._attempts = ledger.lanes[lane]
         self._drops = drops
         self._classify = classify
         self._threads = threads

@@ -37,7 +37,7 @@ import pykka
 from wbactor._attempts import Attempts
 from wbactor._buffer import PolicyBuffer
 from wbactor._errors import QueueClosedError
-from wbactor._stats import DropReason
+from wbactor._stats import DropReason, LaneStats
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._config import Config
     from wbactor._drops import ActorThreads
+    from wbactor._flight import Flight
     from wbactor._stats import Stats
 
 __all__ = ["Dropped", "Ledger"]
@@ -70,8 +71,13 @@ class Ledger(Generic[T]):
         self._clock = clock
         self._threads = threads
         self.buffer: PolicyBuffer[T] = PolicyBuffer(
-            config.capacity, config.policy, clock.now()
+            config.capacity,
+            config.policy,
+            clock.now(),
+            lanes=config.lanes,
+            routed=config.key_func is not None,
         )
+        self.flights = self.buffer.flights
         self.capacity = config.capacity
         self._batch_size = config.batch_size
         # The queues themselves, for admission's lock-free appends and look-ups.
@@ -81,13 +87,21 @@ class Ledger(Generic[T]):
         self._stopped = False  # the queue actor stopped: its final Stats are taken
         self.batch_ready = False  # the queue actor was woken for a full batch
         self._room_waiters = 0
-        # Pending flushes: (position they cover, reply future or None), in order.
-        self._flushes: deque[tuple[int, pykka.Future[Any] | None]] = deque()
+        # Pending flushes: (each queue's position they cover, reply future
+        # or None), in order.
+        self._flushes: deque[tuple[tuple[int, ...], pykka.Future[Any] | None]] = (
+            deque()
+        )
         self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
         self._retrigger()
-        self.attempts: Attempts[T] = Attempts(self)
-        """The attempt record of the batch in flight, under this lock."""
+        observers: list[Callable[[float], object]] = []
+        self.lanes: list[Attempts[T]] = [
+            Attempts(self, flight, observers) for flight in self.flights
+        ]
+        """Each lane's attempt record of its batch in flight, under this lock."""
+        self.attempts: Attempts[T] = self.lanes[0]
+        """Lane 0's attempt record (the only one with one lane)."""
 
     # -- admission (producers' threads) -------------------------------------
 
@@ -109,8 +123,7 @@ class Ledger(Generic[T]):
                 dropped, reason = buffer.drop_queued(_CLOSED), _CLOSED
             else:
                 dropped, reason = buffer.evict_overflow(), buffer.overflow_reason
-                if buffer.in_flight is None:
-                    self.note_batch_ready()
+                self.note_batch_ready()
             if dropped and self._flushes:
                 self._answer_flushes()
         finally:
@@ -179,16 +192,25 @@ class Ledger(Generic[T]):
         return owned
 
     def note_batch_ready(self) -> None:
-        """Wake the actor (lock held) if a full batch waits and none is in flight."""
-        buffer = self.buffer
-        if (
-            len(buffer) >= self._batch_size
-            and not self.batch_ready
-            and buffer.in_flight is None
-        ):
+        """Wake the actor (lock held) if a full batch waits for an idle lane."""
+        if not self.batch_ready and self._lane_ready():
             self.batch_ready = True
             self.wake.notify()
             self._retrigger()
+
+    def _lane_ready(self) -> bool:
+        """Return (lock held) whether an idle lane has a full batch queued."""
+        size = self._batch_size
+        for flight in self.flights:
+            if flight.items is None and len(flight.queue) >= size:
+                return True
+        return False
+
+    def _all_busy(self) -> bool:
+        for flight in self.flights:
+            if flight.items is None:
+                return False
+        return True
 
     def take_batch_ready(self) -> bool:
         """Consume (lock held) the full-batch wake-up, if one is pending."""
@@ -234,36 +256,42 @@ class Ledger(Generic[T]):
         """
         if self._stopped:
             self.trigger = 0
-        elif self.batch_ready or self.buffer.in_flight is not None:
+        elif self.batch_ready or self._all_busy():
             self.trigger = self.capacity + 1
         else:
             self.trigger = min(self._batch_size, self.capacity + 1)
 
     # -- batches (the queue actor) ------------------------------------------
 
-    def take(self, *, force: bool) -> bool:
-        """Put the next batch in flight if none is; return whether.
+    def take(self, *, force: bool) -> list[int]:
+        """Put a batch in flight in each idle lane with items; return those lanes.
 
-        Without `force`, only a full batch goes.
+        Without `force`, only full batches go. Lanes without a queue of their
+        own (no `key_func`) cut theirs from the one queue in push order.
         """
+        size = self._batch_size
+        taken: list[int] = []
         with self.lock:
-            buffer = self.buffer
-            if buffer.in_flight is not None or not len(buffer):
-                return False
-            if not force and len(buffer) < self._batch_size:
-                return False
-            buffer.take(self._batch_size)
-            self.attempts.reset()
-            self._retrigger()
-            self._made_room()
-            return True
+            for flight in self.flights:
+                if flight.items is not None:
+                    continue
+                queued = len(flight.queue)
+                if not queued or (not force and queued < size):
+                    continue
+                flight.take(size)
+                self.lanes[flight.index].reset()
+                taken.append(flight.index)
+            if taken:
+                self._retrigger()
+                self._made_room()
+        return taken
 
     def add_flush(self, reply_to: pykka.Future[Any] | None) -> None:
         """Record (lock held) a flush of every position taken so far.
 
         It is answered (`reply_to` set) once every item before it settled.
         """
-        self._flushes.append((self.buffer.tail, reply_to))
+        self._flushes.append((self.buffer.tails(), reply_to))
         self._answer_flushes()
 
     def flush_pending(self) -> bool:
@@ -278,15 +306,10 @@ class Ledger(Generic[T]):
             return futures
 
     def _answer_flushes(self) -> None:
-        """Answer (lock held) the flushes whose items have all settled.
-
-        A DROP_NEWEST overshoot refused from the tail lowers the tail below
-        a target taken meanwhile: a target is never above the tail.
-        """
+        """Answer (lock held) the flushes whose items have all settled."""
         flushes = self._flushes
-        buffer = self.buffer
-        settled, tail = buffer.settled(), buffer.tail
-        while flushes and min(flushes[0][0], tail) <= settled:
+        covered = self.buffer.covered
+        while flushes and covered(flushes[0][0]):
             _, reply_to = flushes.popleft()
             if reply_to is not None:
                 reply_to.set(None)
@@ -315,17 +338,17 @@ class Ledger(Generic[T]):
         self._made_room()
         self._progress.notify_all()
 
-    def settled_batch(self) -> list[T] | None:
-        """Note (lock held) the batch in flight settled; take the next full one.
+    def settled_batch(self, flight: Flight[T]) -> list[T] | None:
+        """Note (lock held) `flight`'s batch settled; take its next full one.
 
         Returns the next batch, now in flight, if `batch_size` items are
-        queued, so the flusher chains it without a message; else None.
+        queued for that lane, so the flusher chains it without a message;
+        else None.
         """
         self.settled()  # idle now: retriggered before the length is read
-        buffer = self.buffer
-        if len(buffer) < self._batch_size:
+        if len(flight.queue) < self._batch_size:
             return None
-        batch = buffer.take(self._batch_size)
+        batch = flight.take(self._batch_size)
         self._retrigger()
         self._made_room()
         return batch
@@ -376,7 +399,7 @@ class Ledger(Generic[T]):
         with self.lock:
             buffer = self.buffer
             depth = min(len(buffer), self.capacity)
-            return buffer.stats(self._clock.now(), depth)
+            return buffer.stats(self._clock.now(), depth, self._lane_stats(depth))
 
     def _snapshot(self) -> tuple[Stats, Dropped[T] | None]:
         """Snapshot the counters (lock held), first evicting any overshoot.
@@ -388,8 +411,33 @@ class Ledger(Generic[T]):
         dropped = [] if self._stopped else buffer.evict_overflow(length)
         if dropped and self._flushes:
             self._answer_flushes()
-        stats = buffer.stats(self._clock.now(), length - len(dropped))
+        depth = length - len(dropped)
+        stats = buffer.stats(self._clock.now(), depth, self._lane_stats(depth))
         return stats, (dropped, buffer.overflow_reason) if dropped else None
+
+    def _lane_stats(self, depth: int) -> tuple[LaneStats, ...]:
+        """Return (lock held) each lane's figures; their depths sum to `depth`."""
+        buffer = self.buffer
+        depths = buffer.lane_depths() if buffer.routed else [depth]
+        depths += [0] * (len(self.flights) - len(depths))
+        return tuple(
+            LaneStats(depths[i], len(flight), *self.lanes[i].lane_state())
+            for i, flight in enumerate(self.flights)
+        )
+
+    def abandon(self) -> Dropped[T]:
+        """Give up on everything queued or in flight, in every lane (stop ran out).
+
+        Every lane's epoch moves on, so a late result from a hung attempt is
+        ignored. Returns the items, now counted as dropped with `closed`.
+        """
+        with self.lock:
+            for attempts in self.lanes:
+                attempts.abandon()
+            buffer = self.buffer
+            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
+            self.settled()
+            return items, _CLOSED
 
     def wait_progress(
         self, predicate: Callable[[Stats], bool], timeout: float

@@ -47,13 +47,17 @@ DROP_LOG_INTERVAL = 1.0
 class QueueLog:
     """One queue's loggers: every line carries `queue=<Config.name>`."""
 
-    def __init__(self, name: str) -> None:
-        """Log as the queue called `name`."""
+    def __init__(self, name: str, **context: Any) -> None:
+        """Log as the queue called `name`, with `context` on every line."""
         self.name = name
-        self.logger: Any = structlog.get_logger("wbactor", queue=name)
+        self.logger: Any = structlog.get_logger("wbactor", queue=name, **context)
         """For events that are not per batch: binds anew on every call, so
         configuring structlog later, or `capture_logs()`, takes effect."""
         self._bound: tuple[Any, Any, Any, Any] = (None, None, None, None)
+
+    def for_lane(self, lane: int, lanes: int) -> QueueLog:
+        """Return the loggers of `lane`: its lines carry `lane=` when there are several."""
+        return self if lanes == 1 else QueueLog(self.name, lane=lane)
 
     def hot(self) -> Any:
         """Return the logger, bound, for events logged once per batch.

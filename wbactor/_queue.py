@@ -4,7 +4,7 @@ Its mailbox (`_mailbox.py`) hands pushes to the policy (`_admission.py`), so
 they never reach this actor as messages. It is woken for control messages
 and when a full batch is waiting, and it hands a batch over when a full one
 waits, on each `FlushTick`, for a pending `Flush`, and while stopping; one
-batch in flight at a time.
+batch in flight at a time in each lane.
 """
 
 from __future__ import annotations
@@ -114,7 +114,8 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         self._clock = clock
         self._timer = timer
         self._drop_log = drop_log
-        self.supervisor: pykka.ActorRef[Any] | None = None  # set before start
+        # One per lane, lane 0 first; set before any batch can be cut.
+        self.supervisors: list[pykka.ActorRef[Any]] = []
         self._tick = FlushTick()  # the timer's; a told FlushTick is not rescheduled
         # A tick that found items queued behind a batch in flight is owed:
         # they go as soon as that batch settles, not a tick later.
@@ -142,11 +143,10 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
         for future in futures:
             error = pykka.ActorDeadError(f"{self} stopped before the flush completed")
             future.set_exception((pykka.ActorDeadError, error, None))
-        self._drops.report(*self.ledger.attempts.abandon())
+        self._drops.report(*self.ledger.abandon())
         self._drop_log.flush_all()
-        for ref in (self.supervisor, self._timer):
-            if ref is not None:
-                ref.stop(block=False)
+        for ref in (*self.supervisors, self._timer):
+            ref.stop(block=False)
 
     def on_failure(
         self,
@@ -178,10 +178,12 @@ class QueueActor(pykka.ThreadingActor, Generic[T]):
 
     def _dispatch(self, *, force: bool) -> None:
         ledger = self.ledger
-        if ledger.take(force=force or self._tick_owed):
+        lanes = ledger.take(force=force or self._tick_owed)
+        if lanes:
             self._tick_owed = False
-            assert self.supervisor is not None  # noqa: S101 - set before start
-            tell_quietly(self.supervisor, Dispatched())
+            supervisors = self.supervisors
+            for lane in lanes:
+                tell_quietly(supervisors[lane], Dispatched())
         elif not ledger.depth():
             self._tick_owed = False
 

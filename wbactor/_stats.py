@@ -5,12 +5,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["DropReason", "DroppedCounts", "Stats"]
+__all__ = ["DropReason", "DroppedCounts", "LaneStats", "LaneState", "Stats"]
 
 
 class DropReason(enum.StrEnum):
@@ -122,6 +122,38 @@ def _by_reason(
     }
 
 
+LaneState = Literal["idle", "flushing", "backing_off"]
+"""What a lane is doing: nothing in flight, writing a batch, or waiting out a
+retry backoff before it writes its batch again."""
+
+
+@dataclass(frozen=True, slots=True)
+class LaneStats:
+    """One lane's part of a `Stats` snapshot: `Stats.lanes[i]` is lane i."""
+
+    depth: int
+    """Items queued for this lane (without a `key_func`: every item not yet
+    cut into a batch, shown in lane 0)."""
+
+    in_flight: int
+    """Items in this lane's batch in flight, or waiting out its backoff."""
+
+    failures: int
+    """Failed attempts of this lane's current batch (0 when healthy)."""
+
+    state: LaneState
+    """`"idle"`, `"flushing"` or `"backing_off"`."""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the fields as a plain, JSON-ready `dict`."""
+        return {
+            "depth": int(self.depth),
+            "in_flight": int(self.in_flight),
+            "failures": int(self.failures),
+            "state": str(self.state),
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Stats:
     """A consistent snapshot of a queue's counters.
@@ -162,10 +194,16 @@ class Stats:
     oldest_age: float
     """Seconds the oldest queued item has waited (0 when empty), to within a tick."""
 
+    lanes: tuple[LaneStats, ...] = ()
+    """Each lane's figures (`Config.lanes`), lane 0 first; the fields above
+    are their sums."""
+
     def __post_init__(self) -> None:
         """Make `dropped` a `DroppedCounts`, so that every `Stats` pickles."""
         if type(self.dropped) is not DroppedCounts:
             object.__setattr__(self, "dropped", Stats.freeze_dropped(self.dropped))
+        if type(self.lanes) is not tuple:
+            object.__setattr__(self, "lanes", tuple(self.lanes))
 
     @property
     def dropped_total(self) -> int:
@@ -186,6 +224,8 @@ class Stats:
             if field.name == "dropped":
                 # r.value, not r: a StrEnum member is a str but not a plain one.
                 result["dropped"] = {str(r.value): int(n) for r, n in value.items()}
+            elif field.name == "lanes":
+                result["lanes"] = [lane.as_dict() for lane in value]
             elif field.type in {"int", int}:
                 result[field.name] = int(value)
             elif field.type in {"float", float}:

@@ -41,12 +41,12 @@ def stop_queue(run: _Running[Any], limit: float | None) -> Stats:
     except BaseException:
         # A KeyboardInterrupt in the drain (a second Ctrl-C at exit):
         # what is left is dropped, counted, and the actors stopped.
-        run.drops.report(*run.ledger.attempts.abandon())
+        run.drops.report(*run.ledger.abandon())
         _stop_actors(run, time.monotonic())
         _finish(run)
         raise
     if not drained:
-        run.drops.report(*run.ledger.attempts.abandon())
+        run.drops.report(*run.ledger.abandon())
     _stop_actors(run, deadline)
     return _finish(run)
 
@@ -68,6 +68,7 @@ def _finish(run: _Running[Any]) -> Stats:
         depth=final.depth,
         in_flight=final.in_flight,
         oldest_age=final.oldest_age,
+        lanes=final.lanes,
     )
     return final
 
@@ -89,23 +90,26 @@ def _stop_actors(run: _Running[Any], deadline: float | None) -> None:
     """Stop every actor of the queue, giving up on one at the deadline.
 
     The flusher actors first (so a shared flusher is closed once, when
-    none uses it), then the supervisor, the queue actor and the timer.
+    none uses it), then the supervisors, the queue actor and the timer.
     The waits end at `deadline` plus `STOP_GRACE`, but each actor gets at
     least `_STOP_FLOOR`.
     """
     until = None if deadline is None else max(deadline, time.monotonic())
     until = None if until is None else until + STOP_GRACE
-    supervisor = run.supervisor
-    asked = supervisor.ask(RetireFlushers(), block=False)
-    flushers = _wait(run, asked, until, supervisor)
-    for ref, stopped in flushers or ():
-        _wait(run, stopped, until, ref)
+    asked = [(ref, ref.ask(RetireFlushers(), block=False)) for ref in run.supervisors]
+    hung = []
+    for supervisor, future in asked:
+        flushers = _wait(run, future, until, supervisor)
+        if flushers is None:
+            hung.append(supervisor)
+        for ref, stopped in flushers or ():
+            _wait(run, stopped, until, ref)
     # Asked to stop together; a supervisor that did not answer above is
     # hung in user code (a factory) and was logged there already.
-    stops = [(ref, ref.stop(block=False)) for ref in (supervisor, run.ref)]
+    stops = [(ref, ref.stop(block=False)) for ref in (*run.supervisors, run.ref)]
     stops.append((run.timer, run.timer.stop(block=False)))
     for ref, stopped in stops:
-        if ref is not supervisor or flushers is not None:
+        if not any(ref is supervisor for supervisor in hung):
             _wait(run, stopped, until, ref)
 
 

@@ -54,7 +54,7 @@ if TYPE_CHECKING:
     from wbactor._ledger import Ledger
     from wbactor._log import QueueLog
 
-__all__ = ["SupervisorActor"]
+__all__ = ["SharedFlusher", "SupervisorActor"]
 
 T = TypeVar("T")
 
@@ -62,6 +62,32 @@ T = TypeVar("T")
 _ORPHAN_WAIT = 1.0
 """Seconds `on_stop` waits for each retired flusher actor when the queue was
 stopped without `WriteBehind.stop()` (which waits for them itself)."""
+
+
+class SharedFlusher:
+    """The one `Config.flusher` all lanes call (no factory): closed once, at the end.
+
+    Each lane's supervisor lets go of it as it stops; the last one closes
+    it, unless one of them left an attempt hung in it (it may still be in
+    use, on an abandoned thread).
+    """
+
+    def __init__(self, flusher: object, lanes: int, log: QueueLog) -> None:
+        """Hold `flusher` for `lanes` supervisors."""
+        self._flusher = flusher
+        self._holders = lanes
+        self._clean = True
+        self._log = log
+        self._lock = threading.Lock()
+
+    def release(self, *, clean: bool) -> None:
+        """Let go of the flusher; `clean` if no attempt of this lane hangs in it."""
+        with self._lock:
+            self._holders -= 1
+            self._clean = self._clean and clean
+            last = self._holders == 0
+        if last and self._clean:
+            close_flusher(self._flusher, self._log)
 
 
 class SupervisorActor(pykka.ThreadingActor, Generic[T]):
@@ -83,8 +109,14 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         clock: Clock,
         timer: pykka.ActorRef[Any],
         queue: pykka.ActorRef[Any],
+        lane: int = 0,
+        shared: SharedFlusher | None = None,
     ) -> None:
-        """Supervise flushers for `config`, starting with `first_flusher`."""
+        """Supervise `lane`'s flushers for `config`, starting with `first_flusher`.
+
+        `shared` is the one `Config.flusher` every lane uses (no factory):
+        this lane lets go of it at stop, and the last to do so closes it.
+        """
         super().__init__()
         self._config = config
         self._ledger = ledger
@@ -98,8 +130,10 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         self._classify = config.classify or default_classify
         self._first_flusher: FlusherLike[T] | None = first_flusher
         self._flusher: pykka.ActorRef[Any] | None = None
+        self._lane = lane
+        self._shared = shared
         # The epoch of the current flusher, as the ledger's calls returned it.
-        self._attempts = ledger.attempts
+        self._attempts = ledger.lanes[lane]
         self._epoch = self._attempts.attempt().epoch
         self._retired = threading.Event()
         # Retired flusher actors that are not hung, and their stop futures.
@@ -138,10 +172,9 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
         # deadline is killed now, so that no process outlives stop().
         self._workers.kill_all()
         idle = not any(ref.is_alive() for ref, _ in self._stopping)
-        shared = self._config.flusher
-        if self._config.flusher_factory is None and not abandoned and idle:
+        if self._shared is not None:
             # The one flusher every actor used: closed once, when none uses it.
-            close_flusher(shared, self._log)
+            self._shared.release(clean=idle and not abandoned)
         self._threads.leave()
 
     def _retire_for_stop(self) -> list[tuple[pykka.ActorRef[Any], pykka.Future[bool]]]:
@@ -191,6 +224,7 @@ class SupervisorActor(pykka.ThreadingActor, Generic[T]):
             supervisor=self.actor_ref,
             retired=self._retired,
             owns_flusher=self._config.flusher_factory is not None,
+            lane=self._lane,
         )
 
     def _retire(self, *, hung: bool = False) -> None:
