@@ -498,7 +498,15 @@ ADMISSIONS: dict[Policy, type[Admission[Any]]] = {
 def admission_for(
     config: Config[T], ledger: Ledger[T], drops: DropReporter[T], log: QueueLog
 ) -> Admission[T]:
-    """Return the admission of `config.policy` over `ledger`."""
+    """Return the admission of `config.policy` over `ledger`.
+
+    With several lanes and a `key_func`, items are routed by key
+    (`_routing.py`), whatever the policy.
+    """
+    if config.lanes > 1 and config.key_func is not None:
+        from wbactor._routing import Routed  # noqa: PLC0415 - it imports this module
+
+        return Routed(config, ledger, drops, log)
     return ADMISSIONS[config.policy](config, ledger, drops, log)
 
 
