@@ -19,6 +19,7 @@ from wbactor._clock import MonotonicClock
 from wbactor._config import Policy, check_wait_timeout
 from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import PushTimeoutError, QueueClosedError
+from wbactor._flusher import close_flusher
 from wbactor._ledger import Ledger
 from wbactor._log import (
     QUEUE_STARTED,
@@ -29,7 +30,6 @@ from wbactor._mailbox import Mailbox
 from wbactor._messages import Flush
 from wbactor._queue import QueueActor, QueueRef
 from wbactor._stopping import stop_queue
-from wbactor._flusher import close_flusher
 from wbactor._supervisor import SharedFlusher, SupervisorActor
 from wbactor._timer import TimerActor
 from wbactor._waiting import off_loop, wait_settled
@@ -145,9 +145,8 @@ def _first_flushers(config: Config[T], log: QueueLog) -> list[FlusherLike[T]]:
         return [config.flusher] * config.lanes
     made: list[FlusherLike[T]] = []
     try:
-        for _ in range(config.lanes):
-            # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
-            made.append(new_flusher(config))
+        # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
+        made.extend(new_flusher(config) for _ in range(config.lanes))
     except BaseException:
         for flusher in made:
             close_flusher(flusher, log)

@@ -306,7 +306,7 @@ class Attempts(Generic[T]):
             self._abandoned = True
 
     def lane_state(self) -> tuple[int, LaneState]:
-        """Return (lock held) the failed attempts of the batch in flight, and the state."""
+        """Return (lock held) the failures of the batch in flight, and its state."""
         if self._flight.items is None:
             return 0, "idle"
         if self._failures and self._started is None:

@@ -120,7 +120,7 @@ class PolicyBuffer(Generic[T]):
     through `flights`.
     """
 
-    def __init__(  # noqa: PLR0913 - the policy's shape, all keyword but two
+    def __init__(
         self,
         capacity: int,
         policy: Policy,
@@ -214,7 +214,7 @@ class PolicyBuffer(Generic[T]):
         return settled
 
     def settled(self) -> int:
-        """Return the position below which every item is flushed or dropped (one queue)."""
+        """Return the position below which every item of queue 0 settled."""
         return self.settled_in(self._queue)
 
     def tails(self) -> tuple[int, ...]:

@@ -89,9 +89,7 @@ class Ledger(Generic[T]):
         self._room_waiters = 0
         # Pending flushes: (each queue's position they cover, reply future
         # or None), in order.
-        self._flushes: deque[tuple[tuple[int, ...], pykka.Future[Any] | None]] = (
-            deque()
-        )
+        self._flushes: deque[tuple[tuple[int, ...], pykka.Future[Any] | None]] = deque()
         self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
         self._retrigger()
@@ -207,10 +205,7 @@ class Ledger(Generic[T]):
         return False
 
     def _all_busy(self) -> bool:
-        for flight in self.flights:
-            if flight.items is None:
-                return False
-        return True
+        return all(flight.items is not None for flight in self.flights)
 
     def take_batch_ready(self) -> bool:
         """Consume (lock held) the full-batch wake-up, if one is pending."""

@@ -56,7 +56,7 @@ class QueueLog:
         self._bound: tuple[Any, Any, Any, Any] = (None, None, None, None)
 
     def for_lane(self, lane: int, lanes: int) -> QueueLog:
-        """Return the loggers of `lane`: its lines carry `lane=` when there are several."""
+        """Return `lane`'s loggers: with several lanes, its lines carry `lane=`."""
         return self if lanes == 1 else QueueLog(self.name, lane=lane)
 
     def hot(self) -> Any:

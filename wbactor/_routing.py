@@ -86,6 +86,7 @@ class Routed(_Locked[T]):
         if refused is not None:
             buffer.reject(refused)
             return (item, refused)
+        lane: int
         lane, key = key  # type: ignore[misc] # made by _keyed
         try:
             evicted = buffer.push_routed(lane, key, item)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["DropReason", "DroppedCounts", "LaneStats", "LaneState", "Stats"]
+__all__ = ["DropReason", "DroppedCounts", "LaneState", "LaneStats", "Stats"]
 
 
 class DropReason(enum.StrEnum):
