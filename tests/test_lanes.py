@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import threading
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+from process_flushers import Scripted, batches
 from support import WAIT, conservation_holds, first, running
 
 import wbactor
@@ -495,3 +498,35 @@ def test_flush_covers_every_lane() -> None:
         stats = wb.stats()
     assert stats.depth == 0
     assert conservation_holds(stats)
+
+
+# -- worker processes ---------------------------------------------------------
+
+
+def test_each_lane_writes_through_a_worker_process_of_its_own(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    config: wbactor.Config[Any] = wbactor.Config(
+        capacity=1000,
+        flusher_factory=functools.partial(Scripted, str(log), None),
+        batch_size=5,
+        lanes=2,
+        key_func=lambda n: n % 2 if isinstance(n, int) else 0,  # lane n % 2
+        flusher_process=True,
+        flush_interval=1000.0,
+        clock=ManualClock(),
+    )
+    with running(config) as wb:
+        wb.ref.tell(PushMany([*range(20), "raise:permanent", 21]))
+        wb.flush(WAIT)
+        stats = wb.stats()
+    written = batches(log)
+    pids = {pid for pid, _ in written}
+    assert len(pids) == 2
+    for pid in pids:
+        items = [n for p, batch in written if p == pid for n in batch]
+        assert items == sorted(items)  # each lane in push order
+        assert len({n % 2 for n in items}) == 1  # one lane's keys only (ints hash
+        # to themselves)
+    assert sorted(n for _, batch in written for n in batch) == [*range(20), 21]
+    assert stats.dropped == {DropReason.REJECTED: 1}
+    assert stats.flushed == 21
