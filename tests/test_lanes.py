@@ -7,8 +7,7 @@ import random
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pytest
 from process_flushers import Scripted, batches
@@ -17,6 +16,9 @@ from support import WAIT, conservation_holds, first, running
 import wbactor
 from wbactor import ConfigError, DropReason, Policy, Push, PushMany
 from wbactor.testing import DropRecorder, GatedFlusher, ManualClock, RecordingFlusher
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 Item = tuple[str, int]
 

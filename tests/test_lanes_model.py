@@ -147,15 +147,32 @@ class LanesModel(RuleBasedStateMachine):
             assert lane_stats.in_flight == len(self.flights[lane] or [])
 
 
-def model_for(policy: Policy) -> Any:
-    machine = type(f"LanesModel_{policy.name}", (LanesModel,), {"policy": policy})
-    machine.TestCase.settings = settings(
-        max_examples=60 * MODEL_SCALE, stateful_step_count=40, deadline=None
-    )
-    return machine.TestCase
+LANES_SETTINGS = settings(
+    max_examples=60 * MODEL_SCALE, stateful_step_count=40, deadline=None
+)
 
 
-TestDropOldest = model_for(Policy.DROP_OLDEST)
-TestDropNewest = model_for(Policy.DROP_NEWEST)
-TestBlock = model_for(Policy.BLOCK)
-TestCoalesce = model_for(Policy.COALESCE_BY_KEY)
+@LANES_SETTINGS
+class DropOldestLanes(LanesModel):
+    policy = Policy.DROP_OLDEST
+
+
+@LANES_SETTINGS
+class DropNewestLanes(LanesModel):
+    policy = Policy.DROP_NEWEST
+
+
+@LANES_SETTINGS
+class BlockLanes(LanesModel):
+    policy = Policy.BLOCK
+
+
+@LANES_SETTINGS
+class CoalesceByKeyLanes(LanesModel):
+    policy = Policy.COALESCE_BY_KEY
+
+
+TestDropOldestLanes = DropOldestLanes.TestCase
+TestDropNewestLanes = DropNewestLanes.TestCase
+TestBlockLanes = BlockLanes.TestCase
+TestCoalesceByKeyLanes = CoalesceByKeyLanes.TestCase

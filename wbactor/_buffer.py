@@ -49,11 +49,18 @@ _NEWEST = DropReason.DROP_NEWEST
 class LaneQueue(Generic[T]):
     """Items waiting for a batch: a deque, or a key index (COALESCE_BY_KEY)."""
 
-    __slots__ = ("by_key", "head", "items", "keyed", "marks")
+    __slots__ = ("by_key", "head", "items", "keyed", "marks", "total")
 
-    def __init__(self, *, keyed: bool, now: float) -> None:
-        """Make an empty queue; `keyed` for COALESCE_BY_KEY."""
+    def __init__(
+        self, *, keyed: bool, now: float, total: list[int] | None = None
+    ) -> None:
+        """Make an empty queue; `keyed` for COALESCE_BY_KEY.
+
+        `total`, if given, is a one-item list counting the items of several
+        queues together: every item this queue gives up is taken off it.
+        """
         self.keyed = keyed
+        self.total = total
         self.items: deque[T] = deque()
         self.by_key: OrderedDict[Hashable, T] = OrderedDict()
         self.head = 0
@@ -81,6 +88,8 @@ class LaneQueue(Generic[T]):
             popleft = self.items.popleft
             batch = [popleft() for _ in range(k)]
         self.head += k
+        if self.total is not None:
+            self.total[0] -= k
         return batch
 
     def values(self) -> list[T]:
@@ -139,8 +148,11 @@ class PolicyBuffer(Generic[T]):
         self._keyed = keyed = policy is Policy.COALESCE_BY_KEY
         self.routed = routed and lanes > 1
         count = lanes if self.routed else 1
+        # Routed: the items of every lane's queue, kept as they enter and leave.
+        self._total = [0]
+        total = self._total if self.routed else None
         self.queues: list[LaneQueue[T]] = [
-            LaneQueue(keyed=keyed, now=now) for _ in range(count)
+            LaneQueue(keyed=keyed, now=now, total=total) for _ in range(count)
         ]
         self._queue = self.queues[0]
         self._items = self._queue.items
@@ -165,7 +177,7 @@ class PolicyBuffer(Generic[T]):
     def __len__(self) -> int:
         """Return the number of items queued (not counting the batches in flight)."""
         if self.routed:
-            return sum(len(queue) for queue in self.queues)
+            return self._total[0]
         return len(self._by_key) if self._keyed else len(self._items)
 
     def full(self) -> bool:
@@ -337,13 +349,20 @@ class PolicyBuffer(Generic[T]):
                 self.coalesced += 1
                 return []
             by_key[key] = item
+            position = queue.head + len(by_key) - 1
         else:
-            queue.items.append(item)
+            items = queue.items
+            items.append(item)
+            position = queue.head + len(items) - 1
+        total = self._total
+        total[0] += 1
+        if self.overflow_reason is _NEWEST or self.policy is Policy.BLOCK:
+            return []  # never evicts: the caller made room first, or refused
         order = self._order
-        order.append((lane, queue.tail - 1))
-        if len(order) > 2 * self.capacity + 1024:
-            self._prune_order()
-        if len(self) <= self.capacity:
+        order.append((lane, position))
+        if total[0] <= self.capacity:
+            if len(order) > 2 * self.capacity + 1024:
+                self._prune_order()
             return []
         return [self._evict_oldest_routed()]
 
@@ -434,8 +453,7 @@ class PolicyBuffer(Generic[T]):
             items += queue.pop_oldest(len(queue))
             unkeyed = queue.items
             while unkeyed:  # popleft, not clear(): another thread may append meanwhile
-                items.append(unkeyed.popleft())
-                queue.head += 1
+                items += queue.pop_oldest(1)
         self._order.clear()
         self.dropped[reason] += len(items)
         return items

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, TypeVar
 
-from wbactor._admission import _Locked
+from wbactor._admission import Admission
 from wbactor._config import Policy
 from wbactor._errors import PushTimeoutError, QueueClosedError
 from wbactor._log import KEY_FUNC_FAILED, describe
@@ -41,7 +41,7 @@ _OLDEST = DropReason.DROP_OLDEST
 _KEY_ERROR = DropReason.KEY_ERROR
 
 
-class Routed(_Locked[T]):
+class Routed(Admission[T]):
     """Any policy over several lanes, each item routed by its key."""
 
     def __init__(
@@ -59,42 +59,63 @@ class Routed(_Locked[T]):
         self._policy = config.policy
         self._block_timeout = config.block_timeout
 
-    def _keyed(self, items: list[T]) -> list[tuple[Hashable, T, bool]]:
-        """Pair each item with (its lane, its key), outside the lock."""
+    def offer(self, item: T) -> None:
+        """Take one item (`tell(Push)`), as a chunk of one."""
+        self._take_chunk([item])
+
+    def _take_chunk(self, chunk: list[T]) -> None:
+        """Route the items of one chunk, in order: keys first, then one lock."""
+        self._enter(*self._route(chunk))
+
+    def _route(self, chunk: list[T]) -> tuple[list[tuple[int, Hashable, T]], list[T]]:
+        """Return each item with its lane and key, and the items without a key.
+
+        Outside the lock: `key_func` (and the key's hash) is user code.
+        """
         key_of, lanes = self._key_of, self._lanes
-        keyed: list[tuple[Hashable, T, bool]] = []
-        for item in items:
+        routed: list[tuple[int, Hashable, T]] = []
+        failed: list[T] = []
+        for item in chunk:
             try:
                 key = key_of(item)
-                lane = hash(key) % lanes
+                routed.append((hash(key) % lanes, key, item))
             except Exception as error:  # noqa: BLE001 - user code; logged, item dropped
                 self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
-                keyed.append((None, item, False))
-            else:
-                keyed.append(((lane, key), item, True))
-        return keyed
+                failed.append(item)
+        return routed, failed
 
-    def _place(
-        self, key: Hashable, item: T, *, key_ok: bool
-    ) -> tuple[T, DropReason] | None:
+    def _enter(self, routed: list[tuple[int, Hashable, T]], failed: list[T]) -> None:
+        """Queue the routed items under the policy (the lock taken here); report."""
+        drops: list[tuple[T, DropReason]] = [(item, _KEY_ERROR) for item in failed]
         ledger = self._ledger
         buffer = ledger.buffer
-        if not key_ok:
-            buffer.reject(_KEY_ERROR)
-            return (item, _KEY_ERROR)
-        refused = self._refusal()
-        if refused is not None:
-            buffer.reject(refused)
-            return (item, refused)
-        lane: int
-        lane, key = key  # type: ignore[misc] # made by _keyed
         try:
-            evicted = buffer.push_routed(lane, key, item)
-        except Exception as error:  # noqa: BLE001 - the key's __eq__ raised
-            self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
-            buffer.reject(_KEY_ERROR)
-            return (item, _KEY_ERROR)
-        return (evicted[0], _OLDEST) if evicted else None
+            with ledger.lock:
+                if ledger.closed:
+                    ledger.refuse_if_stopped()
+                for _ in failed:
+                    buffer.reject(_KEY_ERROR)
+                push, capacity = buffer.push_routed, self._capacity
+                for lane, key, item in routed:
+                    if ledger.closed or len(buffer) >= capacity:
+                        refused = self._refusal()
+                        if refused is not None:
+                            buffer.reject(refused)
+                            drops.append((item, refused))
+                            continue
+                    try:
+                        evicted = push(lane, key, item)
+                    except Exception as error:  # noqa: BLE001 - the key's __eq__ raised
+                        self._log.logger.warning(KEY_FUNC_FAILED, error=describe(error))
+                        buffer.reject(_KEY_ERROR)
+                        drops.append((item, _KEY_ERROR))
+                        continue
+                    if evicted:
+                        drops.append((evicted[0], _OLDEST))
+                ledger.note_batch_ready()
+        finally:  # also when the queue stopped midway: what was counted is told
+            for item, reason in drops:
+                self._drops.report([item], reason)
 
     def _refusal(self) -> DropReason | None:
         """Return (lock held) why the policy refuses a new item now, or None."""
@@ -127,13 +148,13 @@ class Routed(_Locked[T]):
         if self._policy is not Policy.BLOCK:
             super().push(item, timeout)
             return
-        [(key, _, key_ok)] = self._keyed([item])
+        routed, failed = self._route([item])
         ledger = self._ledger
         with ledger.lock:
             if ledger.closed:
                 msg = "the queue is stopping or stopped; the item was not accepted"
                 raise QueueClosedError(msg)
-            if key_ok and len(ledger.buffer) >= self._capacity:
+            if len(ledger.buffer) >= self._capacity:
                 refused = ledger.wait_room(timeout)
                 if refused is _CLOSED:
                     msg = "the queue stopped while push() waited for room"
@@ -141,8 +162,5 @@ class Routed(_Locked[T]):
                 if refused is not None:
                     msg = f"no room in the queue within {timeout} s"
                     raise PushTimeoutError(msg)
-            # Room now (the lock held since), or a key error to count.
-            dropped = self._place(key, item, key_ok=key_ok)
-            ledger.note_batch_ready()
-        if dropped is not None:
-            self._drops.report([dropped[0]], dropped[1])
+            # Room now, and the lock is re-entrant: the item goes in as told.
+            self._enter(routed, failed)
