@@ -117,7 +117,14 @@ def run_one(run: Run) -> None:  # noqa: C901, PLR0915 - one scenario, read top t
     args, policy = run.args, run.policy
     n, producers = args.items, args.producers
     per = 2 * -(-n // (2 * producers))  # even: a key pair never spans producers
-    ledger = Ledger(n, owner_of=lambda item: item // per)
+    lanes = args.lanes
+    if lanes == 1:
+        ledger = Ledger(n, owner_of=lambda item: item // per)
+    else:
+        # Routed by key: one producer's items keep their order within a lane.
+        ledger = Ledger(
+            n, owner_of=lambda item: item // per * lanes + hash(key_of(item)) % lanes
+        )
     seed = f"{args.seed}-{policy.value}-{run.max_retries}"
     faults = Faults(args, seed)
     release = threading.Event()  # set at the end: hung attempts return at once
@@ -147,7 +154,8 @@ def run_one(run: Run) -> None:  # noqa: C901, PLR0915 - one scenario, read top t
         batch_size=args.batch_size,
         flush_interval=0.01,
         policy=policy,
-        key_func=key_of if policy is Policy.COALESCE_BY_KEY else None,
+        key_func=key_of if policy is Policy.COALESCE_BY_KEY or args.lanes > 1 else None,
+        lanes=args.lanes,
         retry_backoff=lambda attempt: min(0.001 * 2 ** (attempt - 1), 0.02),
         max_retries=run.max_retries,
         on_drop=ledger.on_drop,
@@ -269,6 +277,8 @@ def run_one(run: Run) -> None:  # noqa: C901, PLR0915 - one scenario, read top t
     allowed = POLICY_DROPS[policy] | (
         {DropReason.RETRIES_EXHAUSTED} if run.max_retries >= 0 else set()
     )
+    if run.args.lanes > 1:
+        allowed |= {DropReason.KEY_ERROR}  # routed by key_of, which raises for some
     check(set(drops) <= allowed, f"drops {set(drops) - allowed} not expected")
     run.figures = {
         "items": n,
@@ -315,6 +325,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         choices=[p.value for p in Policy],
     )
     parser.add_argument("--max-retries", type=int, nargs="+", default=[3, -1])
+    parser.add_argument(
+        "--lanes", type=int, default=1, help="lanes, routed by key_func when > 1"
+    )
     return parser.parse_args(argv)
 
 
@@ -326,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
         f"stress: seed={args.seed} items={args.items} producers={args.producers} "
         f"fault={args.fault_rate} hang={args.hang_rate} death={args.death_rate} "
         f"flush_timeout={args.flush_timeout} capacity={args.capacity} "
-        f"batch_size={args.batch_size} lull={args.lull_rate}",
+        f"batch_size={args.batch_size} lull={args.lull_rate} lanes={args.lanes}",
         flush=True,
     )
     failed = 0
