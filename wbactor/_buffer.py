@@ -366,6 +366,29 @@ class PolicyBuffer(Generic[T]):
             return []
         return [self._evict_oldest_routed()]
 
+    def push_routed_many(self, routed: list[tuple[int, Hashable, T]]) -> list[T]:
+        """Queue each `(lane, key, item)` in order (unkeyed); return what they evict.
+
+        `push_routed` for a chunk, with no call per item: for DROP_OLDEST, or
+        for a policy that never evicts when the caller saw room for them all.
+        """
+        queues, order, total = self.queues, self._order, self._total
+        capacity = self.capacity
+        track = self.policy is Policy.DROP_OLDEST
+        evicted: list[T] = []
+        for lane, _, item in routed:
+            queue = queues[lane]
+            items = queue.items
+            items.append(item)
+            total[0] += 1
+            if track:
+                order.append((lane, queue.head + len(items) - 1))
+                if total[0] > capacity:
+                    evicted.append(self._evict_oldest_routed())
+        if len(order) > 2 * capacity + 1024:
+            self._prune_order()
+        return evicted
+
     def _evict_oldest_routed(self) -> T:
         """Drop the oldest queued item of all lanes' queues; return it."""
         queues, order = self.queues, self._order

@@ -96,6 +96,9 @@ class Routed(Admission[T]):
                 for _ in failed:
                     buffer.reject(_KEY_ERROR)
                 push, capacity = buffer.push_routed, self._capacity
+                if not ledger.closed and self._fast_path(len(routed)):
+                    routed, evicted = [], buffer.push_routed_many(routed)
+                    drops += [(item, _OLDEST) for item in evicted]
                 for lane, key, item in routed:
                     if ledger.closed or len(buffer) >= capacity:
                         refused = self._refusal()
@@ -116,6 +119,14 @@ class Routed(Admission[T]):
         finally:  # also when the queue stopped midway: what was counted is told
             for item, reason in drops:
                 self._drops.report([item], reason)
+
+    def _fast_path(self, count: int) -> bool:
+        """Return (lock held) whether `count` unkeyed items may go in without a look."""
+        if self._policy is Policy.COALESCE_BY_KEY:
+            return False  # each key is looked up (and its __eq__ may raise)
+        if self._policy is Policy.DROP_OLDEST:
+            return True
+        return len(self._ledger.buffer) + count <= self._capacity
 
     def _refusal(self) -> DropReason | None:
         """Return (lock held) why the policy refuses a new item now, or None."""
