@@ -225,7 +225,7 @@ def run_postgres(args: argparse.Namespace) -> list[str]:
             )
             for _ in range(args.rounds):
                 for batch_size in BATCH_SIZES:
-                    rows = rows_for(args.pg_rows)
+                    rows = rows_for(min(args.pg_rows, 200 * batch_size))
                     for lanes in LANES:
                         with psycopg.connect(dsn, autocommit=True) as conn:
                             conn.execute(
@@ -238,7 +238,7 @@ def run_postgres(args: argparse.Namespace) -> list[str]:
     lines = [
         (
             f"## PostgreSQL behind a proxy adding {args.rtt * 1000:g} ms per round "
-            f"trip ({args.pg_rows:,} upserts)"
+            f"trip (200 batches of upserts, at most {args.pg_rows:,} rows)"
         ),
         "",
         "| batch | " + " | ".join(f"lanes={n}" for n in LANES) + " | 4 vs 1 | target |",
@@ -277,7 +277,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--rtt", type=float, default=0.002, help="seconds the proxy adds a round trip"
     )
-    parser.add_argument("--pg-rows", type=int, default=20_000, help="rows per run")
+    parser.add_argument(
+        "--pg-rows",
+        type=int,
+        default=100_000,
+        help="most rows per run (200 batches, at most)",
+    )
     return parser.parse_args(argv)
 
 
