@@ -510,6 +510,8 @@ def test_config_fields_and_defaults_match_the_spec() -> None:
         "exit_timeout": 5.0,
         "classify": None,
         "flusher_process": False,
+        "journal": None,
+        "journal_interval": 0.05,
     }
     assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
 
@@ -534,6 +536,8 @@ def test_config_fields_come_in_the_documented_order() -> None:
         "exit_timeout",
         "classify",
         "flusher_process",
+        "journal",
+        "journal_interval",
     ]
 
 

@@ -122,6 +122,8 @@ def test_as_dict_has_every_field_as_a_plain_json_value() -> None:
         "depth": 2,
         "in_flight": 1,
         "oldest_age": 0.25,
+        "recovered": 0,
+        "journaled": 0,
     }
     for name, value in plain.items():
         if name == "dropped":

@@ -19,6 +19,7 @@ from wbactor._clock import MonotonicClock
 from wbactor._config import Policy, check_wait_timeout
 from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import PushTimeoutError, QueueClosedError
+from wbactor._journal import open_journal
 from wbactor._ledger import Ledger
 from wbactor._log import (
     QUEUE_STARTED,
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
     from wbactor._admission import Admission
     from wbactor._clock import Clock
     from wbactor._config import Config
+    from wbactor._journal import Journal
     from wbactor._stats import Stats
 
 __all__ = ["WriteBehind", "start"]
@@ -62,15 +64,24 @@ def start(config: Config[T]) -> WriteBehind[T]:
     fails raises from `start()`.
     """
     clock: Clock = config.clock if config.clock is not None else MonotonicClock()
-    # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
-    first = new_flusher(config) if config.flusher_factory else config.flusher
-    assert first is not None  # noqa: S101 - Config guarantees one of them
     log = QueueLog(config.name)
+    # Locked and read first: a journal another queue holds leaves nothing behind.
+    journal = open_journal(config, log) if config.journal is not None else None
+    try:
+        # worker-process wiring: new_flusher() calls the factory, or spawns a worker.
+        first = new_flusher(config) if config.flusher_factory else config.flusher
+    except BaseException:
+        if journal is not None:
+            journal.abort()
+        raise
+    assert first is not None  # noqa: S101 - Config guarantees one of them
     drop_log = DropLog(clock, log)
     threads = ActorThreads()
     drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads, log)
     ledger: Ledger[T] = Ledger(config, clock, threads)
     admission = admission_for(config, ledger, drops, log)
+    if journal is not None:  # recovered items are queued before any actor runs
+        journal.attach(ledger, drops)
     timer = TimerActor.start(clock)
     queue_ref: QueueRef[T] = QueueActor.start(  # type: ignore[assignment]
         ledger=ledger,
@@ -98,6 +109,9 @@ def start(config: Config[T]) -> WriteBehind[T]:
     # The two refer to each other, so the queue learns its supervisor by a
     # message, which precedes any batch the queue could cut.
     queue_ref.ask(ProxySetAttr(attr_path=("supervisor",), value=supervisor))
+    if journal is not None:
+        with ledger.lock:  # recovered items: a full batch goes at once
+            ledger.note_batch_ready()
     log.logger.info(
         QUEUE_STARTED,
         capacity=config.capacity,
@@ -107,6 +121,8 @@ def start(config: Config[T]) -> WriteBehind[T]:
         max_retries=config.max_retries,
         flush_timeout=config.flush_timeout,
         block_timeout=config.block_timeout,
+        journal=None if journal is None else journal.path,
+        recovered=ledger.buffer.recovered,
     )
     wb = WriteBehind(
         _Running(
@@ -120,6 +136,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
             ref=queue_ref,
             supervisor=supervisor,
             timer=timer,
+            journal=journal,
         )
     )
     _lifecycle.track(wb)
@@ -140,6 +157,7 @@ class _Running(Generic[T]):
     ref: QueueRef[T]
     supervisor: pykka.ActorRef[Any]
     timer: pykka.ActorRef[Any]
+    journal: Journal[T] | None = None
 
 
 class WriteBehind(Generic[T]):

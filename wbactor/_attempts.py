@@ -289,7 +289,9 @@ class Attempts(Generic[T]):
         """Give up on everything queued or in flight (stop ran out of time).
 
         The epoch moves on, so a late result from a hung attempt is ignored.
-        Returns the items, now counted as dropped with `closed`.
+        Returns the items, now counted as dropped with `closed`. With a
+        journal, the items it holds stay there instead (`Stats.journaled`):
+        only those that did not pickle are dropped.
         """
         with self._ledger.lock:
             self._epoch += 1
@@ -297,6 +299,10 @@ class Attempts(Generic[T]):
             buffer = self._buffer
             if buffer.in_flight is not None:
                 self._abandoned = True
-            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
+            journal = self._ledger.journal
+            if journal is not None:  # what it journals is kept, not dropped
+                items = journal.keep_leftovers()
+            else:
+                items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
             self._ledger.settled()
             return items, _CLOSED

@@ -12,6 +12,13 @@ coalesced item takes over the position of the item it replaces. So "every item
 pushed before now" is "every position below `tail` now", which is how `Flush`
 knows when it is done.
 
+A journal (`_journal.py`) follows the same positions: `track_journal()` turns
+on the few records it needs (the positions of the batch in flight, the lowest
+tail a DROP_NEWEST eviction rewound to, the keys replaced in place), which
+cost nothing while no journal is on. Recovered items enter first
+(`recover()`), counted in `recovered`; what `stop(timeout)` leaves goes to
+the journal (`leave_to_journal()`), counted in `journaled`.
+
 Nothing counts items as they are appended: `tail` is `head + len`, and
 `pushed` follows from it. So admission may `append` to `items` without the
 lock (a single, GIL-atomic `deque.append`), as long as everything that
@@ -69,6 +76,16 @@ class PolicyBuffer(Generic[T]):
         # (time, tail) marks, at least one per tick: the oldest queued item
         # entered after the last mark whose tail is <= head.
         self._marks: deque[tuple[float, int]] = deque([(now, 0)])
+        # -- journal: off (None, 0) unless track_journal() turned it on.
+        self.base_capacity = capacity  # `capacity` stays above it after a recovery
+        self.recovered = 0
+        self.journaled = 0
+        # Positions of the items in flight, in order, parallel to `in_flight`.
+        self.flight_pos: list[int] | None = None
+        # The lowest tail a DROP_NEWEST eviction left since the journal looked.
+        self.rewound: int | None = None
+        # Keys replaced in place (COALESCE_BY_KEY) since the journal looked.
+        self.replaced: set[Hashable] | None = None
 
     # -- queue contents ---------------------------------------------------
 
@@ -102,7 +119,7 @@ class PolicyBuffer(Generic[T]):
     @property
     def pushed(self) -> int:
         """Return the items pushed: entered the tail, coalesced, or refused."""
-        return self.tail + self.coalesced + self.rejected
+        return self.tail + self.coalesced + self.rejected - self.recovered
 
     def settled(self) -> int:
         """Return the position below which every item is flushed or dropped."""
@@ -149,6 +166,8 @@ class PolicyBuffer(Generic[T]):
             dropped = [items.pop() for _ in range(excess)]
             dropped.reverse()
             self.rejected += excess
+            if self.flight_pos is not None:  # a journal: those positions come again
+                self._note_rewound()
         else:
             popleft = items.popleft
             dropped = [popleft() for _ in range(excess)]
@@ -178,6 +197,8 @@ class PolicyBuffer(Generic[T]):
         if key in by_key:
             by_key[key] = item
             self.coalesced += 1
+            if self.replaced is not None:
+                self.replaced.add(key)
             return None
         by_key[key] = item
         if len(by_key) > self.capacity:
@@ -207,9 +228,13 @@ class PolicyBuffer(Generic[T]):
             popleft = self._items.popleft
             batch = [popleft() for _ in range(k)]
         self.in_flight_start = self.head
+        if self.flight_pos is not None:
+            self.flight_pos = list(range(self.head, self.head + k))
         self.head += k
         self.in_flight = batch
         self._parts = deque([k])
+        if self.capacity > self.base_capacity:
+            self._lower_capacity()
         return batch
 
     def extend_flight(self, n: int) -> None:
@@ -228,8 +253,12 @@ class PolicyBuffer(Generic[T]):
         else:
             popleft = self._items.popleft
             self.in_flight.extend(popleft() for _ in range(k))
+        if self.flight_pos is not None:
+            self.flight_pos.extend(range(self.head, self.head + k))
         self.head += k
         self._parts.append(k)
+        if self.capacity > self.base_capacity:
+            self._lower_capacity()
 
     def parts(self, most: int) -> list[list[T]]:
         """Return copies of up to `most` parts in flight, head first."""
@@ -300,6 +329,9 @@ class PolicyBuffer(Generic[T]):
         # The first failed item's position is at least that far on.
         self.in_flight_start += failed[0]
         self.in_flight[:size] = failures
+        if self.flight_pos is not None:
+            positions = self.flight_pos
+            positions[:size] = [positions[i] for i in failed]
         self._parts[0] = len(failures)
         return []
 
@@ -308,6 +340,8 @@ class PolicyBuffer(Generic[T]):
         assert self.in_flight is not None  # noqa: S101 - callers check
         size = self._parts.popleft()
         del self.in_flight[:size]
+        if self.flight_pos is not None:
+            del self.flight_pos[:size]
         self.in_flight_start += size
         if not self._parts:
             self.in_flight = None
@@ -318,6 +352,8 @@ class PolicyBuffer(Generic[T]):
         batch = self.in_flight or []
         self.in_flight = None
         self._parts.clear()
+        if self.flight_pos is not None:
+            self.flight_pos = []
         self.dropped[reason] += len(batch)
         return batch
 
@@ -330,7 +366,74 @@ class PolicyBuffer(Generic[T]):
             items.append(unkeyed.popleft())
         self.head += len(items)
         self.dropped[reason] += len(items)
+        if self.capacity > self.base_capacity:
+            self._lower_capacity()
         return items
+
+    # -- journal ----------------------------------------------------------
+
+    def track_journal(self) -> None:
+        """Keep what a journal needs: flight positions, rewinds, replaced keys."""
+        self.flight_pos = []
+        if self._keyed:
+            self.replaced = set()
+
+    def _note_rewound(self) -> None:
+        tail = self.tail
+        if self.rewound is None or tail < self.rewound:
+            self.rewound = tail
+
+    def recover(self, items: list[T], keys: list[Hashable] | None = None) -> None:
+        """Queue items recovered from a journal first, whatever `capacity` says.
+
+        They count in `recovered`, not in `pushed`; a repeated key replaces
+        the earlier item (counted in `coalesced`). Until the queue is below
+        `capacity` again, new pushes meet the policy as if it were full.
+        """
+        self.recovered += len(items)
+        if keys is None:
+            self._items.extend(items)
+        else:
+            by_key = self._by_key
+            for key, item in zip(keys, items, strict=True):
+                if key in by_key:
+                    self.coalesced += 1
+                by_key[key] = item
+        self.capacity = max(self.base_capacity, len(self))
+
+    def _lower_capacity(self) -> None:
+        """Bring `capacity` down towards the configured one as recovered items go."""
+        self.capacity = max(self.base_capacity, min(self.capacity, len(self)))
+
+    def leave_to_journal(self, kept: set[int]) -> list[T]:
+        """Move every item in flight or queued out, at stop, to the journal.
+
+        The items at the positions in `kept` count in `journaled`; the others
+        (not journaled: they did not pickle) are dropped with `closed` and
+        returned.
+        """
+        closed: list[T] = []
+        count = 0
+        positions = self.flight_pos or []
+        for position, item in zip(positions, self.in_flight or [], strict=False):
+            if position in kept:
+                count += 1
+            else:
+                closed.append(item)
+        self.in_flight = None
+        self._parts.clear()
+        self.flight_pos = []
+        head = self.head
+        queued = self.drop_queued(DropReason.CLOSED)
+        self.dropped[DropReason.CLOSED] -= len(queued)
+        for offset, item in enumerate(queued):
+            if head + offset in kept:
+                count += 1
+            else:
+                closed.append(item)
+        self.journaled += count
+        self.dropped[DropReason.CLOSED] += len(closed)
+        return closed
 
     # -- time -------------------------------------------------------------
 
@@ -364,7 +467,7 @@ class PolicyBuffer(Generic[T]):
         if depth is None:
             depth = len(self)
         return Stats(
-            pushed=self.head + depth + self.coalesced + self.rejected,
+            pushed=self.head + depth + self.coalesced + self.rejected - self.recovered,
             flushed=self.flushed,
             coalesced=self.coalesced,
             dropped=Stats.freeze_dropped(self.dropped),
@@ -374,4 +477,6 @@ class PolicyBuffer(Generic[T]):
             depth=depth,
             in_flight=len(self.in_flight) if self.in_flight is not None else 0,
             oldest_age=self.oldest_age(now) if depth else 0.0,
+            recovered=self.recovered,
+            journaled=self.journaled,
         )

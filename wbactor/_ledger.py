@@ -45,6 +45,7 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._config import Config
     from wbactor._drops import ActorThreads
+    from wbactor._journal import Journal
     from wbactor._stats import Stats
 
 __all__ = ["Dropped", "Ledger"]
@@ -85,6 +86,7 @@ class Ledger(Generic[T]):
         self._flushes: deque[tuple[int, pykka.Future[Any] | None]] = deque()
         self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
+        self.journal: Journal[T] | None = None  # set by the journal itself, at start
         self._retrigger()
         self.attempts: Attempts[T] = Attempts(self)
         """The attempt record of the batch in flight, under this lock."""
@@ -231,7 +233,11 @@ class Ledger(Generic[T]):
         (to refuse it). Writers set it under the lock and then read the
         length, while a producer appends and then reads it, so one of the
         two always sees the other.
+
+        It also follows `capacity` down as the items recovered from a
+        journal beyond it leave (it is only above `Config.capacity` then).
         """
+        self.capacity = self.buffer.capacity
         if self._stopped:
             self.trigger = 0
         elif self.batch_ready or self.buffer.in_flight is not None:
