@@ -22,8 +22,10 @@ import pickle
 import threading
 from bisect import bisect_left
 from itertools import islice
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
+from wbactor._errors import ConfigError
 from wbactor._journalfile import (
     JournalFile,
     JournalUnreadableError,
@@ -432,6 +434,9 @@ def open_journal(config: Config[T], log: QueueLog) -> Journal[T]:
     """
     assert config.journal is not None  # noqa: S101 - the caller checks
     path = os.fspath(config.journal)
+    if Path(path).is_dir():
+        msg = f"journal {path!r} is a directory: give a file's path"
+        raise ConfigError(msg)
     file = JournalFile(path)
     try:
         try:

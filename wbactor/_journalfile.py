@@ -32,7 +32,14 @@ from wbactor._errors import ConfigError
 if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
-__all__ = ["FORMAT", "JournalFile", "JournalUnreadableError", "Row", "quarantine"]
+__all__ = [
+    "FORMAT",
+    "JournalFile",
+    "JournalUnreadableError",
+    "Row",
+    "peek",
+    "quarantine",
+]
 
 FORMAT = 1
 """The layout this version writes and reads; a newer one is unreadable here."""
@@ -134,29 +141,7 @@ class JournalFile:
         Raises:
             JournalUnreadableError: a row or the lane record cannot be read.
         """
-        db = self._connection()
-        try:
-            lanes = {
-                int(lane): (int(head), int(tail), _ranges(flight))
-                for lane, head, tail, flight in db.execute(
-                    "SELECT lane, head, tail, flight FROM wbactor_lanes"
-                )
-            }
-            rows = db.execute(
-                "SELECT lane, lo, hi, blob FROM wbactor_rows ORDER BY lane, seq"
-            ).fetchall()
-        except (sqlite3.Error, ValueError, TypeError) as error:
-            raise JournalUnreadableError(str(error)) from error
-        missing = object()
-        found: dict[tuple[int, int], Any] = {}
-        for lane, lo, hi, blob in rows:
-            items = _loads(blob, hi - lo) if blob is not None else None
-            live = lanes.get(lane)
-            for offset, position in enumerate(range(lo, hi)):
-                if live is not None and not _is_live(position, *live):
-                    continue
-                found[lane, position] = missing if items is None else items[offset]
-        return [found[k] for k in sorted(found) if found[k] is not missing]
+        return _read(self._connection())
 
     def commit(
         self,
@@ -229,6 +214,50 @@ class JournalFile:
         if fd >= 0:
             with contextlib.suppress(OSError):
                 os.close(fd)  # releases the flock
+
+
+def peek(path: str) -> list[Any]:
+    """Return the items a queue starting on `path` would recover now, in order.
+
+    Reads the last commit without taking the lock, so a live queue's journal
+    can be looked at (tests, tools); it changes nothing.
+
+    Raises:
+        JournalUnreadableError: the file cannot be read.
+    """
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as error:
+        raise JournalUnreadableError(str(error)) from error
+    try:
+        return _read(db)
+    finally:
+        db.close()
+
+
+def _read(db: sqlite3.Connection) -> list[Any]:
+    try:
+        lanes = {
+            int(lane): (int(head), int(tail), _ranges(flight))
+            for lane, head, tail, flight in db.execute(
+                "SELECT lane, head, tail, flight FROM wbactor_lanes"
+            )
+        }
+        rows = db.execute(
+            "SELECT lane, lo, hi, blob FROM wbactor_rows ORDER BY lane, seq"
+        ).fetchall()
+    except (sqlite3.Error, ValueError, TypeError) as error:
+        raise JournalUnreadableError(str(error)) from error
+    missing = object()
+    found: dict[tuple[int, int], Any] = {}
+    for lane, lo, hi, blob in rows:
+        items = _loads(blob, hi - lo) if blob is not None else None
+        live = lanes.get(lane)
+        for offset, position in enumerate(range(lo, hi)):
+            if live is not None and not _is_live(position, *live):
+                continue
+            found[lane, position] = missing if items is None else items[offset]
+    return [found[k] for k in sorted(found) if found[k] is not missing]
 
 
 def quarantine(path: str) -> str:
