@@ -744,8 +744,11 @@ def summary(progress: Progress, seconds: float, cpu_load: float | None = None) -
 def run(store: Store, shards: Sequence[Shard]) -> int:
     """Play `shards` against `store`, then check it; return the exit code."""
     journal = shards[0].journal
-    recovering = journal is not None and shards[0].crash_after is None
-    if recovering and expected_path(journal).exists():  # after a --crash-after
+    if (
+        journal is not None
+        and shards[0].crash_after is None
+        and expected_path(journal).exists()  # the run after a --crash-after
+    ):
         configure_logging(None)
         return recover(store, journal)
     store.reset()
