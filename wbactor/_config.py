@@ -318,7 +318,7 @@ class Config(Generic[T]):
     """A file (SQLite, WAL) that keeps every accepted item until it is
     flushed, coalesced away or dropped, so that a crash loses at most the
     last `journal_interval`; at start, its items are queued first (see
-    [Journal](journal.md)). None: no journal."""
+    the Journal page). None: no journal."""
 
     journal_interval: float = 0.05
     """Seconds between two group commits to the journal: what a crash may

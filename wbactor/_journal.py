@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 from wbactor._errors import ConfigError
 from wbactor._journalfile import (
+    CHUNK,
     JournalFile,
     JournalUnreadableError,
     Row,
@@ -301,10 +302,12 @@ class Journal(Generic[T]):
         """Pickle each run in one call; item by item if one does not pickle."""
         rows: list[Row] = []
         for lo, items in runs:
-            try:
-                rows.append(Row(lo, lo + len(items), dumps(items)))
-            except Exception:  # noqa: BLE001 - one of them does not pickle
-                rows += self._encode_one_by_one(lo, items)
+            for start in range(0, len(items), CHUNK):
+                chunk = items[start : start + CHUNK]
+                try:
+                    rows.append(Row(lo + start, lo + start + len(chunk), dumps(chunk)))
+                except Exception:  # noqa: BLE001 - one of them does not pickle
+                    rows += self._encode_one_by_one(lo + start, chunk)
         return rows
 
     def _encode_one_by_one(self, lo: int, items: list[Any]) -> list[Row]:
@@ -351,26 +354,17 @@ class Journal(Generic[T]):
         queued = buffer.queued()
         positions += range(head, head + len(queued))
         items += queued
-        kept: set[int] = set()
-        good: list[Any] = []
-        try:
-            blob = dumps(items)
-        except Exception:  # noqa: BLE001 - some do not pickle: one by one
-            for position, item in zip(positions, items, strict=True):
-                try:
-                    pickle.dumps(item, protocol=5)
-                except Exception:  # noqa: BLE001 - not journaled: dropped, closed
-                    if position not in self._skipped:
-                        self._skipped_count += 1
-                else:
-                    kept.add(position)
-                    good.append(item)
-            blob = dumps(good)
-        else:
-            kept.update(positions)
-            good = items
-        rows = [Row(0, len(good), blob)] if good else []
-        self._final = (rows, len(good))
+        rows = self._encode(_runs(positions, items))
+        kept: set[int] = set(positions)
+        good = 0
+        for row in rows:  # an empty row: the item at `lo` did not pickle
+            if row.blob is None:
+                kept.discard(row.lo)
+            else:
+                good += row.hi - row.lo
+        # The next start reads the items that pickled, at positions 0, 1, ...
+        rows = _renumbered([r for r in rows if r.blob is not None])
+        self._final = (rows, good)
         self._wake.set()
         return buffer.leave_to_journal(kept)
 
@@ -411,6 +405,17 @@ class Journal(Generic[T]):
         self._io.release()
         self._sync()
         return True
+
+
+def _renumbered(rows: list[Row]) -> list[Row]:
+    """Return `rows` moved down to consecutive positions from 0, in order."""
+    moved: list[Row] = []
+    at = 0
+    for row in rows:
+        size = row.hi - row.lo
+        moved.append(Row(at, at + size, row.blob))
+        at += size
+    return moved
 
 
 def _runs(positions: list[int], items: list[Any]) -> list[tuple[int, list[Any]]]:

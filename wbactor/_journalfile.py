@@ -19,6 +19,7 @@ cannot be read is renamed aside, with its `-wal` and `-shm`, to
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import pickle
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from collections.abc import Iterable, Sequence
 
 __all__ = [
+    "CHUNK",
     "FORMAT",
     "JournalFile",
     "JournalUnreadableError",
@@ -70,9 +72,25 @@ class Row(NamedTuple):
     blob: bytes | None
 
 
+CHUNK = 2000
+"""Most items per row: one `dumps` call holds the GIL for a fraction of a
+millisecond, and pickles at about half the cost per item of one huge call."""
+
+
 def dumps(items: list[Any]) -> bytes:
-    """Pickle a list of items as the journal stores them."""
-    return pickle.dumps(items, protocol=5)
+    """Pickle a list of items as the journal stores them (protocol 5).
+
+    Without the memo ("fast" mode: twice as fast for small items), unless an
+    item refers to itself, which only the memo can pickle.
+    """
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=5)
+    pickler.fast = True  # CPython: no memo (documented as deprecated, still there)
+    try:
+        pickler.dump(items)
+    except ValueError:  # "fast mode: can't pickle cyclic objects"
+        return pickle.dumps(items, protocol=5)
+    return buffer.getvalue()
 
 
 class JournalFile:
