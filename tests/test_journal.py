@@ -528,3 +528,31 @@ def test_a_journal_that_is_not_a_path_is_refused(bad: object) -> None:
 def test_journal_interval_must_be_a_finite_positive_number(bad: object) -> None:
     with pytest.raises(wbactor.ConfigError, match="journal_interval"):
         wbactor.Config(capacity=1, flusher=print, journal_interval=bad)  # type: ignore[arg-type]
+
+
+# -- with flusher processes -----------------------------------------------------
+
+
+def test_a_journal_composes_with_a_flusher_process(
+    path: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import functools  # noqa: PLC0415
+
+    from process_flushers import Scripted, batches  # noqa: PLC0415
+
+    log = tmp_path / "log"
+    cfg = wbactor.Config(
+        capacity=1000,
+        flusher_factory=functools.partial(Scripted, str(log)),
+        flusher_process=True,
+        batch_size=10,
+        journal=path,
+    )
+    wb = wbactor.start(cfg)
+    wb.ref.tell(wbactor.PushMany(range(95)))
+    commit(wb)
+    wb.flush(WAIT)
+    final = wb.stop(WAIT)
+    assert (final.flushed, final.journaled) == (95, 0)
+    assert [i for _, batch in batches(log) for i in batch] == list(range(95))
+    assert rows(path) == 0
