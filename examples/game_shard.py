@@ -14,23 +14,36 @@ and the store is read back: it must hold every player's latest state.
     python examples/game_shard.py --dsn postgresql://localhost/game --shards 4
     python examples/game_shard.py --cpu-load                   # a starved flusher
     python examples/game_shard.py --cpu-load --flusher-process # one of its own
+    python examples/game_shard.py --db g.db --journal g.wbj --crash-after 3
+    python examples/game_shard.py --db g.db --journal g.wbj    # recovers, checks
 
 `--shards N` runs N shard processes, each with its own queue and its own
 range of player ids, against one database. `--cpu-load` spins a CPU-bound
 thread beside the players, and `--flusher-process` moves the flusher to a
 worker process, out of their GIL; the summary shows the rows written per
 second and the spinning thread's loop turns per second.
+
+`--journal PATH` journals the queue. With `--crash-after S` the shard notes
+every player's state after S seconds in `PATH.expected`, plays on for
+`CRASH_MARGIN` seconds and SIGKILLs itself; the next run with the same
+`--journal` (and `--db`) finds that note, recovers the journal into the
+store, and checks that the store holds, for every player, a state at least
+as new as the one noted.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
+import json
 import logging
 import multiprocessing
+import os
 import queue
 import random
+import signal
 import sqlite3
 import sys
 import tempfile
@@ -66,6 +79,12 @@ HANG_SHARE = 0.1
 HANG_SECONDS = 2.5  # past FLUSH_TIMEOUT
 
 REPORT_EVERY = 0.5  # seconds between progress reports from a shard
+
+# --journal: what a crash may lose is what was pushed in the last interval.
+JOURNAL_INTERVAL = 0.05
+# --crash-after: the states noted are this many seconds old at the crash,
+# well past JOURNAL_INTERVAL, so the journal must hold them (or newer ones).
+CRASH_MARGIN = 0.5
 ERASE_LINE = "\r\x1b[K"
 
 # --8<-- [start:sql]
@@ -326,6 +345,8 @@ class Shard:
     store: Store
     flusher_process: bool = False  # --flusher-process
     cpu_load: bool = False  # --cpu-load
+    journal: Path | None = None  # --journal
+    crash_after: float | None = None  # --crash-after
 
     def make_flusher(self) -> StoreFlusher:
         flusher = self.store.flusher()
@@ -357,11 +378,15 @@ def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
         max_retries=-1,  # keep retrying a failed batch: lose nothing
         flush_timeout=FLUSH_TIMEOUT,
         flusher_process=shard.flusher_process,  # make_flusher then runs there
+        journal=shard.journal,
+        journal_interval=JOURNAL_INTERVAL,
     )
     load = CpuLoad() if shard.cpu_load else None
     wb = wbactor.start(config)
     players = [Player.start(player_id, wb.ref) for player_id in shard.player_ids]
     try:
+        if shard.crash_after is not None:
+            crash(players, shard, lambda: report(Progress.of(wb.stats())))
         played = drive(players, shard, lambda: report(Progress.of(wb.stats())))
         # Asked after the last tick, so each answer is the last state pushed.
         answers = [player.ask(GET_STATE, block=False) for player in players]
@@ -375,6 +400,86 @@ def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
 
 
 # --8<-- [end:play]
+
+
+# --8<-- [start:crash]
+def crash(
+    players: Sequence[pykka.ActorRef[Player]],
+    shard: Shard,
+    report: Callable[[], object],
+) -> None:
+    """Play, note every player's state, play on a little, and SIGKILL this process."""
+    assert shard.journal is not None  # noqa: S101 - parse_args checks
+    assert shard.crash_after is not None  # noqa: S101
+    drive(players, dataclasses.replace(shard, seconds=shard.crash_after), report)
+    # Asked after the last tick: each answer is the last state pushed so far.
+    answers = [player.ask(GET_STATE, block=False) for player in players]
+    noted = [answer.get(timeout=30) for answer in answers]
+    write_expected(shard.journal, noted)
+    # The players keep pushing newer states: the kill comes mid-game.
+    drive(players, dataclasses.replace(shard, seconds=CRASH_MARGIN), report)
+    print(
+        f"crashing: SIGKILL after {shard.crash_after + CRASH_MARGIN:.1f} s", flush=True
+    )
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def expected_path(journal: Path) -> Path:
+    """The note of the states a crash may not lose, beside the journal."""
+    return journal.with_name(journal.name + ".expected")
+
+
+def write_expected(journal: Path, states: list[PlayerState]) -> None:
+    """Write the note durably (written aside, synced, then renamed)."""
+    path = expected_path(journal)
+    aside = path.with_name(path.name + ".tmp")
+    with aside.open("w") as out:
+        json.dump([list(state) for state in states], out)
+        out.flush()
+        os.fsync(out.fileno())
+    aside.replace(path)
+
+
+def recover(store: Store, journal: Path) -> int:
+    """Start on the journal, let it write what it recovered, and check the store.
+
+    Every player noted before the crash must be stored with a state at least
+    as new (a `seq` at least as high) as the one noted: the journal held it,
+    or a newer one, or the store had it already.
+    """
+    noted = [
+        PlayerState(*row) for row in json.loads(expected_path(journal).read_text())
+    ]
+    config: wbactor.Config[PlayerState] = wbactor.Config(
+        capacity=2 * len(noted) + 1,
+        flusher=store.flusher(),
+        batch_size=BATCH_SIZE,
+        policy=wbactor.Policy.COALESCE_BY_KEY,
+        key_func=player_key,
+        max_retries=-1,
+        journal=journal,
+        journal_interval=JOURNAL_INTERVAL,
+    )
+    final = wbactor.start(config).stop(timeout=STOP_TIMEOUT)
+    print(f"recovered {final.recovered} states from {journal}, {final.flushed} written")
+    stored = store.read()
+    behind = [
+        s.player_id
+        for s in noted
+        if s.player_id not in stored or stored[s.player_id].seq < s.seq
+    ]
+    if behind:
+        print(
+            f"FAILED: {len(behind)} of {len(noted)} players are stored older than "
+            f"noted before the crash: {_ids(behind)}"
+        )
+        return 1
+    print(f"OK: all {len(noted)} players are stored at least as new as noted")
+    expected_path(journal).unlink()
+    return 0
+
+
+# --8<-- [end:crash]
 
 
 # --8<-- [start:drive]
@@ -638,6 +743,14 @@ def summary(progress: Progress, seconds: float, cpu_load: float | None = None) -
 
 def run(store: Store, shards: Sequence[Shard]) -> int:
     """Play `shards` against `store`, then check it; return the exit code."""
+    journal = shards[0].journal
+    if (
+        journal is not None
+        and shards[0].crash_after is None
+        and expected_path(journal).exists()  # the run after a --crash-after
+    ):
+        configure_logging(None)
+        return recover(store, journal)
     store.reset()
     status = StatusLine(sys.stdout)
     configure_logging(status.clear)
@@ -715,13 +828,35 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="spin a CPU-bound thread beside each shard's players",
     )
+    parser.add_argument(
+        "--journal",
+        type=Path,
+        help="journal the queue to this file (one per shard: PATH-<shard> past 0)",
+    )
+    parser.add_argument(
+        "--crash-after",
+        type=_positive,
+        help="SIGKILL the shard after this many seconds; rerun with --journal",
+    )
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--db", type=Path, help="SQLite file (default: in a temp dir)")
     where.add_argument("--dsn", help="PostgreSQL DSN, e.g. postgresql://localhost/game")
     args = parser.parse_args(argv)
     if args.dsn and importlib.util.find_spec("psycopg") is None:
         parser.error("--dsn needs psycopg: pip install 'wbactor[postgres]'")
+    if args.crash_after is not None:
+        if args.journal is None or (args.db is None and args.dsn is None):
+            parser.error("--crash-after needs --journal and --db (or --dsn)")
+        if args.shards != 1:
+            parser.error("--crash-after plays one shard")
     return args
+
+
+def shard_journal(journal: Path | None, index: int) -> Path | None:
+    """Shard `index`'s journal: two live queues may not share one."""
+    if journal is None or index == 0:
+        return journal
+    return journal.with_name(f"{journal.name}-{index}")
 
 
 # --8<-- [start:main]
@@ -743,6 +878,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 store=store,
                 flusher_process=args.flusher_process,
                 cpu_load=args.cpu_load,
+                journal=shard_journal(args.journal, i),
+                crash_after=args.crash_after,
             )
             for i in range(args.shards)
         ]

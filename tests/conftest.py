@@ -13,7 +13,13 @@ from wbactor.testing import ManualClock
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-_ACTOR_THREADS = ("QueueActor", "TimerActor", "SupervisorActor", "FlusherActor")
+_ACTOR_THREADS = (
+    "QueueActor",
+    "TimerActor",
+    "SupervisorActor",
+    "FlusherActor",
+    "wbactor-journal",
+)
 
 
 @pytest.fixture

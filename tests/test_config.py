@@ -511,6 +511,8 @@ def test_config_fields_and_defaults_match_the_spec() -> None:
         "classify": None,
         "flusher_process": False,
         "lanes": 1,
+        "journal": None,
+        "journal_interval": 0.05,
     }
     assert all(f.kw_only for f in dataclasses.fields(wbactor.Config))
 
@@ -536,6 +538,8 @@ def test_config_fields_come_in_the_documented_order() -> None:
         "classify",
         "flusher_process",
         "lanes",
+        "journal",
+        "journal_interval",
     ]
 
 

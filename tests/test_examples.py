@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import os
 import re
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -78,6 +79,30 @@ def _pg_dsn() -> str:
     if os.environ.get("CI") == "true":
         pytest.fail("CI must export WBACTOR_TEST_PG_DSN (a PostgreSQL server)")
     pytest.skip("set WBACTOR_TEST_PG_DSN to run against PostgreSQL")
+
+
+def test_game_shard_recovers_a_crash_from_its_journal(tmp_path: Path) -> None:
+    db, journal = tmp_path / "game.db", tmp_path / "game.wbj"
+    where = ["--db", str(db), "--journal", str(journal), "--players", "50"]
+    crashed = subprocess.run(  # noqa: S603 - our own example, our interpreter
+        [sys.executable, str(_GAME_SHARD), *where, "--crash-after", "0.5"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert (tmp_path / "game.wbj.expected").exists()
+    again = subprocess.run(  # noqa: S603
+        [sys.executable, str(_GAME_SHARD), *where],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "OK: all 50 players are stored at least as new as noted" in again.stdout
+    assert not (tmp_path / "game.wbj.expected").exists()
 
 
 def test_game_shard_on_postgres() -> None:

@@ -126,6 +126,8 @@ def test_as_dict_has_every_field_as_a_plain_json_value() -> None:
         "depth": 2,
         "in_flight": 1,
         "oldest_age": 0.25,
+        "recovered": 0,
+        "journaled": 0,
         "lanes": [
             {"depth": 2, "in_flight": 0, "failures": 0, "state": "idle"},
             {"depth": 0, "in_flight": 1, "failures": 3, "state": "backing_off"},

@@ -75,7 +75,7 @@ class Admission(Generic[T]):
         self._ledger = ledger
         self._drops = drops
         self._items = ledger.items
-        self._capacity = config.capacity
+        self._capacity = config.capacity  # the configured one; ledger.capacity moves
         self._tell_other: Callable[[Any], None] = _unbound_tell
 
     # -- the queue ref's tell ------------------------------------------------
@@ -216,7 +216,7 @@ class DropNewest(Admission[T]):
             self._refuse([item], _CLOSED)
             return
         items = self._items
-        if len(items) >= self._capacity:
+        if len(items) >= ledger.capacity:
             self._refuse([item], _NEWEST)
             return
         items.append(item)
@@ -229,7 +229,7 @@ class DropNewest(Admission[T]):
             self._refuse(chunk, _CLOSED)
             return
         items = self._items
-        room = max(0, self._capacity - len(items))
+        room = max(0, ledger.capacity - len(items))
         if room < len(chunk):
             self._refuse(chunk[room:], _NEWEST)
             chunk = chunk[:room]
@@ -302,7 +302,7 @@ class Block(_Locked[T]):
         refused = None
         if ledger.closed:
             refused = _CLOSED
-        elif len(buffer) >= self._capacity:
+        elif len(buffer) >= buffer.capacity:
             refused = ledger.wait_room(self._block_timeout)
             if refused is _CLOSED:
                 # Stopped while it waited: its final Stats are taken, so the
@@ -325,7 +325,7 @@ class Block(_Locked[T]):
         with ledger.lock:
             if ledger.closed:
                 raise QueueClosedError(_CLOSED_MESSAGE)
-            if len(ledger.buffer) >= self._capacity:
+            if len(ledger.buffer) >= ledger.buffer.capacity:
                 refused = ledger.wait_room(timeout)
                 if refused is _CLOSED:
                     msg = "the queue stopped while push() waited for room"
@@ -355,7 +355,7 @@ class CoalesceByKey(_Locked[T]):
         self._key_of: Callable[[T], Hashable] = config.key_func
         self._by_key = ledger.by_key
 
-    def tell(self, message: Any) -> None:
+    def tell(self, message: Any) -> None:  # noqa: C901 - the hot path, written out
         """Take a told message; a `Push` is `offer` and `_offer_keyed` written out.
 
         The replace of a queued key and the entry of a new one, under one
@@ -382,7 +382,10 @@ class CoalesceByKey(_Locked[T]):
             if not ledger.closed:
                 if key in by_key:
                     by_key[key] = item  # an OrderedDict keeps the key's place
-                    ledger.buffer.coalesced += 1
+                    buffer = ledger.buffer
+                    buffer.coalesced += 1
+                    if buffer.replaced is not None:  # a journal rewrites it
+                        buffer.replaced.add(key)
                     return
                 by_key[key] = item  # a new key takes the next position
                 slow = False

@@ -20,6 +20,7 @@ from wbactor._config import Policy, check_wait_timeout
 from wbactor._drops import ActorThreads, DropReporter
 from wbactor._errors import PushTimeoutError, QueueClosedError
 from wbactor._flusher import close_flusher
+from wbactor._journal import open_journal
 from wbactor._ledger import Ledger
 from wbactor._log import (
     QUEUE_STARTED,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
     from wbactor._admission import Admission
     from wbactor._clock import Clock
     from wbactor._config import Config, FlusherLike
+    from wbactor._journal import Journal
     from wbactor._stats import Stats
 
 __all__ = ["WriteBehind", "start"]
@@ -64,12 +66,21 @@ def start(config: Config[T]) -> WriteBehind[T]:
     """
     clock: Clock = config.clock if config.clock is not None else MonotonicClock()
     log = QueueLog(config.name)
-    firsts = _first_flushers(config, log)
+    # Locked and read first: a journal another queue holds leaves nothing behind.
+    journal = open_journal(config, log) if config.journal is not None else None
+    try:
+        firsts = _first_flushers(config, log)
+    except BaseException:
+        if journal is not None:
+            journal.abort()
+        raise
     drop_log = DropLog(clock, log)
     threads = ActorThreads()
     drops: DropReporter[T] = DropReporter(drop_log, config.on_drop, threads, log)
     ledger: Ledger[T] = Ledger(config, clock, threads)
     admission = admission_for(config, ledger, drops, log)
+    if journal is not None:  # recovered items are queued before any actor runs
+        journal.attach(ledger, drops)
     timer = TimerActor.start(clock)
     queue_ref: QueueRef[T] = QueueActor.start(  # type: ignore[assignment]
         ledger=ledger,
@@ -105,6 +116,9 @@ def start(config: Config[T]) -> WriteBehind[T]:
     # They refer to each other, so the queue learns its supervisors by a
     # message, which precedes any batch the queue could cut.
     queue_ref.ask(ProxySetAttr(attr_path=("supervisors",), value=supervisors))
+    if journal is not None:
+        with ledger.lock:  # recovered items: a full batch goes at once
+            ledger.note_batch_ready()
     log.logger.info(
         QUEUE_STARTED,
         capacity=config.capacity,
@@ -115,6 +129,8 @@ def start(config: Config[T]) -> WriteBehind[T]:
         flush_timeout=config.flush_timeout,
         block_timeout=config.block_timeout,
         lanes=config.lanes,
+        journal=None if journal is None else journal.path,
+        recovered=ledger.buffer.recovered,
     )
     wb = WriteBehind(
         _Running(
@@ -128,6 +144,7 @@ def start(config: Config[T]) -> WriteBehind[T]:
             ref=queue_ref,
             supervisors=tuple(supervisors),
             timer=timer,
+            journal=journal,
         )
     )
     _lifecycle.track(wb)
@@ -168,6 +185,7 @@ class _Running(Generic[T]):
     ref: QueueRef[T]
     supervisors: tuple[pykka.ActorRef[Any], ...]
     timer: pykka.ActorRef[Any]
+    journal: Journal[T] | None = None
 
 
 class WriteBehind(Generic[T]):

@@ -20,6 +20,14 @@ evicted. A coalesced item takes over the position of the item it replaces.
 So "every item pushed before now" is "every position below each queue's
 `tail` now", which is how `Flush` knows when it is done.
 
+A journal (`_journal.py`) follows the same positions: `track_journal()` turns
+on the few records it needs (the positions of the batch in flight, the lowest
+tail a DROP_NEWEST eviction rewound to, the keys replaced in place), which
+cost nothing while no journal is on. Recovered items enter first
+(`recover()`), counted in `recovered`; what `stop(timeout)` leaves goes to
+the journal (`leave_to_journal()`), counted in `journaled`. A journal runs
+with one lane.
+
 Nothing counts items as they are appended: `tail` is `head + len`, and
 `pushed` follows from it. So admission may `append` to `items` without the
 lock (a single, GIL-atomic `deque.append`), as long as everything that
@@ -171,6 +179,14 @@ class PolicyBuffer(Generic[T]):
         self.retries = 0
         self.restarts = 0
         self.dropped: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        # -- journal: off (None, 0) unless track_journal() turned it on.
+        self.base_capacity = capacity  # `capacity` stays above it after a recovery
+        self.recovered = 0
+        self.journaled = 0
+        # The lowest tail a DROP_NEWEST eviction left since the journal looked.
+        self.rewound: int | None = None
+        # Keys replaced in place (COALESCE_BY_KEY) since the journal looked.
+        self.replaced: set[Hashable] | None = None
 
     # -- queue contents ---------------------------------------------------
 
@@ -215,7 +231,7 @@ class PolicyBuffer(Generic[T]):
     @property
     def pushed(self) -> int:
         """Return the items pushed: entered the tail, coalesced, or refused."""
-        return self.tail + self.coalesced + self.rejected
+        return self.tail + self.coalesced + self.rejected - self.recovered
 
     def settled_in(self, queue: LaneQueue[T]) -> int:
         """Return the position below which every item of `queue` settled."""
@@ -289,6 +305,8 @@ class PolicyBuffer(Generic[T]):
             dropped = [items.pop() for _ in range(excess)]
             dropped.reverse()
             self.rejected += excess
+            if self._flight.positions is not None:  # a journal: those come again
+                self._note_rewound()
         else:
             popleft = items.popleft
             dropped = [popleft() for _ in range(excess)]
@@ -318,6 +336,8 @@ class PolicyBuffer(Generic[T]):
         if key in by_key:
             by_key[key] = item
             self.coalesced += 1
+            if self.replaced is not None:
+                self.replaced.add(key)
             return None
         by_key[key] = item
         if len(by_key) > self.capacity:
@@ -479,7 +499,78 @@ class PolicyBuffer(Generic[T]):
                 items += queue.pop_oldest(1)
         self._order.clear()
         self.dropped[reason] += len(items)
+        self.after_take()
         return items
+
+    # -- journal ----------------------------------------------------------
+
+    @property
+    def flight_pos(self) -> list[int] | None:
+        """Positions of lane 0's items in flight, in order (journal on), or None."""
+        return self._flight.positions
+
+    def track_journal(self) -> None:
+        """Keep what a journal needs: flight positions, rewinds, replaced keys."""
+        self._flight.positions = []
+        if self._keyed:
+            self.replaced = set()
+
+    def _note_rewound(self) -> None:
+        tail = self.tail
+        if self.rewound is None or tail < self.rewound:
+            self.rewound = tail
+
+    def recover(self, items: list[T], keys: list[Hashable] | None = None) -> None:
+        """Queue items recovered from a journal first, whatever `capacity` says.
+
+        They count in `recovered`, not in `pushed`; a repeated key replaces
+        the earlier item (counted in `coalesced`). Until the queue is below
+        `capacity` again, new pushes meet the policy as if it were full.
+        """
+        self.recovered += len(items)
+        if keys is None:
+            self._items.extend(items)
+        else:
+            by_key = self._by_key
+            for key, item in zip(keys, items, strict=True):
+                if key in by_key:
+                    self.coalesced += 1
+                by_key[key] = item
+        self.capacity = max(self.base_capacity, len(self))
+
+    def after_take(self) -> None:
+        """Bring `capacity` down towards the configured one as recovered items go."""
+        if self.capacity > self.base_capacity:
+            self.capacity = max(self.base_capacity, min(self.capacity, len(self)))
+
+    def leave_to_journal(self, kept: set[int]) -> list[T]:
+        """Move every item in flight or queued out, at stop, to the journal.
+
+        The items at the positions in `kept` count in `journaled`; the others
+        (not journaled: they did not pickle) are dropped with `closed` and
+        returned.
+        """
+        closed: list[T] = []
+        count = 0
+        flight = self._flight
+        positions = flight.positions or []
+        for position, item in zip(positions, flight.items or [], strict=False):
+            if position in kept:
+                count += 1
+            else:
+                closed.append(item)
+        flight.forget()
+        head = self.head
+        queued = self.drop_queued(DropReason.CLOSED)
+        self.dropped[DropReason.CLOSED] -= len(queued)
+        for offset, item in enumerate(queued):
+            if head + offset in kept:
+                count += 1
+            else:
+                closed.append(item)
+        self.journaled += count
+        self.dropped[DropReason.CLOSED] += len(closed)
+        return closed
 
     # -- time -------------------------------------------------------------
 
@@ -511,7 +602,7 @@ class PolicyBuffer(Generic[T]):
         if depth is None:
             depth = len(self)
         return Stats(
-            pushed=self.head + depth + self.coalesced + self.rejected,
+            pushed=self.head + depth + self.coalesced + self.rejected - self.recovered,
             flushed=self.flushed,
             coalesced=self.coalesced,
             dropped=Stats.freeze_dropped(self.dropped),
@@ -521,5 +612,7 @@ class PolicyBuffer(Generic[T]):
             depth=depth,
             in_flight=self.in_flight_count(),
             oldest_age=self.oldest_age(now) if depth else 0.0,
+            recovered=self.recovered,
+            journaled=self.journaled,
             lanes=lanes,
         )

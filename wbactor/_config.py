@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import enum
 import math
+import os
 import threading
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -323,6 +324,15 @@ class Config(Generic[T]):
     to lane `hash(key) % lanes`, so one key's items keep their push order;
     without one, batches go to whichever lane is free, in push order.
     `capacity` and the policy count the whole queue."""
+    journal: str | os.PathLike[str] | None = None
+    """A file (SQLite, WAL) that keeps every accepted item until it is
+    flushed, coalesced away or dropped, so that a crash loses at most the
+    last `journal_interval`; at start, its items are queued first (see
+    the Journal page). None: no journal."""
+
+    journal_interval: float = 0.05
+    """Seconds between two group commits to the journal: what a crash may
+    lose. Finite, above 0 and at most `threading.TIMEOUT_MAX`."""
 
     def __post_init__(self) -> None:
         """Check every field, in the documented order."""
@@ -428,10 +438,34 @@ class Config(Generic[T]):
             if value is not None and not callable(value):
                 msg = f"{field} must be callable or None, got {value!r}"
                 raise ConfigError(msg)
+        self._check_journal()
+        if self.journal is not None and self.lanes > 1:
+            msg = "journal= runs with one lane for now: pass lanes=1 or no journal"
+            raise ConfigError(msg)
         clock = self.clock
         if clock is not None and not (
             callable(getattr(clock, "now", None))
             and callable(getattr(clock, "wait", None))
         ):
             msg = f"clock must be a wbactor.Clock (now() and wait()), got {clock!r}"
+            raise ConfigError(msg)
+
+    def _check_journal(self) -> None:
+        journal: object = self.journal
+        if journal is not None:
+            if not isinstance(journal, (str, os.PathLike)):
+                msg = (
+                    "journal must be None or a path (str or os.PathLike), "
+                    f"got {journal!r}"
+                )
+                raise ConfigError(msg)
+            path = os.fspath(journal)
+            if not isinstance(path, str) or not path:
+                msg = f"journal must be a non-empty str path, got {journal!r}"
+                raise ConfigError(msg)
+        if not _is_duration(self.journal_interval):
+            msg = (
+                "journal_interval must be a number of seconds > 0 and <= "
+                f"threading.TIMEOUT_MAX, got {self.journal_interval!r}"
+            )
             raise ConfigError(msg)

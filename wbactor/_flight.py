@@ -28,7 +28,7 @@ T = TypeVar("T")
 class Flight(Generic[T]):
     """The batch in flight of one lane: its items, their first position, its parts."""
 
-    __slots__ = ("_buffer", "_parts", "index", "items", "queue", "start")
+    __slots__ = ("_buffer", "_parts", "index", "items", "positions", "queue", "start")
 
     def __init__(
         self, buffer: PolicyBuffer[T], queue: LaneQueue[T], index: int
@@ -40,6 +40,8 @@ class Flight(Generic[T]):
         self.items: list[T] | None = None
         self.start = 0  # position of items[0], or a lower bound
         self._parts: deque[int] = deque()
+        # With a journal: the position of each item in flight, in order.
+        self.positions: list[int] | None = None
 
     def __len__(self) -> int:
         """Return the items in flight."""
@@ -52,10 +54,13 @@ class Flight(Generic[T]):
         if self.items is not None:
             msg = "a batch is already in flight"
             raise RuntimeError(msg)
-        self.start = self.queue.head
+        self.start = head = self.queue.head
         batch = self.queue.pop_oldest(n)
         self.items = batch
         self._parts = deque([len(batch)])
+        if self.positions is not None:
+            self.positions = list(range(head, head + len(batch)))
+        self._buffer.after_take()
         return batch
 
     def extend(self, n: int) -> None:
@@ -67,9 +72,13 @@ class Flight(Generic[T]):
         if self.items is None:
             self.take(n)
             return
+        head = self.queue.head
         more = self.queue.pop_oldest(n)
         self.items.extend(more)
         self._parts.append(len(more))
+        if self.positions is not None:
+            self.positions.extend(range(head, head + len(more)))
+        self._buffer.after_take()
 
     def parts(self, most: int) -> list[list[T]]:
         """Return copies of up to `most` parts in flight, head first."""
@@ -143,6 +152,9 @@ class Flight(Generic[T]):
         self.start += failed[0]
         self.items[:size] = failures
         self._parts[0] = len(failures)
+        if self.positions is not None:
+            positions = self.positions
+            positions[:size] = [positions[i] for i in failed]
         return []
 
     def _settle_head(self) -> int:
@@ -150,6 +162,8 @@ class Flight(Generic[T]):
         assert self.items is not None  # noqa: S101 - callers check
         size = self._parts.popleft()
         del self.items[:size]
+        if self.positions is not None:
+            del self.positions[:size]
         self.start += size
         if not self._parts:
             self.items = None
@@ -158,7 +172,13 @@ class Flight(Generic[T]):
     def drop_all(self, reason: DropReason) -> list[T]:
         """Drop the whole batch in flight, every part, with `reason`; return it."""
         batch = self.items or []
-        self.items = None
-        self._parts.clear()
+        self.forget()
         self._buffer.dropped[reason] += len(batch)
         return batch
+
+    def forget(self) -> None:
+        """Empty the flight without counting its items (the caller does)."""
+        self.items = None
+        self._parts.clear()
+        if self.positions is not None:
+            self.positions = []

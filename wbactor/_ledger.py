@@ -46,6 +46,7 @@ if TYPE_CHECKING:
     from wbactor._config import Config
     from wbactor._drops import ActorThreads
     from wbactor._flight import Flight
+    from wbactor._journal import Journal
     from wbactor._stats import Stats
 
 __all__ = ["Dropped", "Ledger"]
@@ -92,6 +93,7 @@ class Ledger(Generic[T]):
         self._flushes: deque[tuple[tuple[int, ...], pykka.Future[Any] | None]] = deque()
         self.forked_from: int | None = None  # the parent's pid, in a forked child
         self.trigger = 0  # set by _retrigger()
+        self.journal: Journal[T] | None = None  # set by the journal itself, at start
         self._retrigger()
         observers: list[Callable[[float], object]] = []
         self.lanes: list[Attempts[T]] = [
@@ -248,7 +250,11 @@ class Ledger(Generic[T]):
         (to refuse it). Writers set it under the lock and then read the
         length, while a producer appends and then reads it, so one of the
         two always sees the other.
+
+        It also follows `capacity` down as the items recovered from a
+        journal beyond it leave (it is only above `Config.capacity` then).
         """
+        self.capacity = self.buffer.capacity
         if self._stopped:
             self.trigger = 0
         elif self.batch_ready or self._all_busy():
@@ -424,13 +430,18 @@ class Ledger(Generic[T]):
         """Give up on everything queued or in flight, in every lane (stop ran out).
 
         Every lane's epoch moves on, so a late result from a hung attempt is
-        ignored. Returns the items, now counted as dropped with `closed`.
+        ignored. Returns the items, now counted as dropped with `closed`. With
+        a journal, the items it holds stay there instead (`Stats.journaled`):
+        only those that did not pickle are dropped.
         """
         with self.lock:
             for attempts in self.lanes:
                 attempts.abandon()
-            buffer = self.buffer
-            items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
+            if self.journal is not None:  # what it journals is kept, not dropped
+                items = self.journal.keep_leftovers()
+            else:
+                buffer = self.buffer
+                items = buffer.drop_in_flight(_CLOSED) + buffer.drop_queued(_CLOSED)
             self.settled()
             return items, _CLOSED
 

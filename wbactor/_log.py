@@ -39,6 +39,10 @@ BATCH_SPLIT = "batch_split"
 CLASSIFY_FAILED = "classify_failed"
 FLUSHER_BUG = "flusher_bug"
 OBSERVER_FAILED = "observer_failed"
+JOURNAL_QUARANTINED = "journal_quarantined"
+JOURNAL_SKIPPED = "journal_skipped"
+JOURNAL_RECOVERED = "journal_recovered"
+JOURNAL_FAILED = "journal_failed"
 
 DROP_LOG_INTERVAL = 1.0
 """Seconds between two `items_dropped` lines for the same reason."""

@@ -158,8 +158,10 @@ class LaneStats:
 class Stats:
     """A consistent snapshot of a queue's counters.
 
-    Every item pushed is in exactly one place, so at every snapshot:
-    `pushed == flushed + coalesced + sum(dropped.values()) + depth + in_flight`.
+    Every item pushed or recovered is in exactly one place, so at every
+    snapshot: `recovered + pushed == flushed + coalesced + sum(dropped.values())
+    + depth + in_flight + journaled` (`recovered` and `journaled` are 0
+    without a journal).
     """
 
     pushed: int
@@ -194,6 +196,14 @@ class Stats:
     oldest_age: float
     """Seconds the oldest queued item has waited (0 when empty), to within a tick."""
 
+    recovered: int = 0
+    """Items read back from the journal at start and queued first (0 without
+    a journal)."""
+
+    journaled: int = 0
+    """Items `stop(timeout)` left in the journal for the next start instead
+    of dropping them with `closed` (0 without a journal, and after a drained
+    stop)."""
     lanes: tuple[LaneStats, ...] = ()
     """Each lane's figures (`Config.lanes`), lane 0 first; the fields above
     are their sums."""

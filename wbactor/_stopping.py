@@ -43,12 +43,22 @@ def stop_queue(run: _Running[Any], limit: float | None) -> Stats:
         # what is left is dropped, counted, and the actors stopped.
         run.drops.report(*run.ledger.abandon())
         _stop_actors(run, time.monotonic())
+        _close_journal(run, time.monotonic())
         _finish(run)
         raise
     if not drained:
+        # With a journal, what it holds stays there (Stats.journaled).
         run.drops.report(*run.ledger.abandon())
     _stop_actors(run, deadline)
+    _close_journal(run, deadline)
     return _finish(run)
+
+
+def _close_journal(run: _Running[Any], deadline: float | None) -> None:
+    """Wait for the journal's last commit: empty after a drain, else what is left."""
+    if run.journal is not None:
+        remaining = None if deadline is None else deadline - time.monotonic()
+        run.journal.close(None if remaining is None else remaining + STOP_GRACE)
 
 
 def _finish(run: _Running[Any]) -> Stats:
@@ -68,6 +78,8 @@ def _finish(run: _Running[Any]) -> Stats:
         depth=final.depth,
         in_flight=final.in_flight,
         oldest_age=final.oldest_age,
+        recovered=final.recovered,
+        journaled=final.journaled,
         lanes=final.lanes,
     )
     return final
