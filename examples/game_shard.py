@@ -371,6 +371,8 @@ class Shard:
     poison: float = 0.0  # --poison: the share of players the table refuses
 
     def make_flusher(self) -> StoreFlusher:
+        if self.flusher_process:  # called in the worker, whose logging is its own
+            configure_logging(erase_line if sys.stdout.isatty() else None)
         flusher = self.store.flusher()
         if not self.faults:
             return flusher

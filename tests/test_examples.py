@@ -86,6 +86,13 @@ def test_game_shard_writes_through_a_flusher_process_under_cpu_load() -> None:
     assert "CPU-bound thread" in out
 
 
+def test_game_shard_logs_as_configured_in_a_flusher_process() -> None:
+    out = run_example(_GAME_SHARD, *_SHORT, "--flusher-process", "--poison", "0.1")
+    assert rejected_in(out) >= 5
+    # The worker logs one store_error for every failed flush call; shown once.
+    assert out.count("store_error") == 1
+
+
 def _pg_dsn() -> str:
     dsn = os.environ.get("WBACTOR_TEST_PG_DSN")
     if dsn:
