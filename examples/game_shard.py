@@ -11,6 +11,7 @@ and the store is read back: it must hold every player's latest state.
 
     python examples/game_shard.py                    # 300 players, 8 s, SQLite
     python examples/game_shard.py --faults 0.3       # a flaky store: retries
+    python examples/game_shard.py --poison 0.01      # bad rows: rejected alone
     python examples/game_shard.py --dsn postgresql://localhost/game --shards 4
     python examples/game_shard.py --cpu-load                   # a starved flusher
     python examples/game_shard.py --cpu-load --flusher-process # one of its own
@@ -21,7 +22,11 @@ and the store is read back: it must hold every player's latest state.
 range of player ids, against one database. `--cpu-load` spins a CPU-bound
 thread beside the players, and `--flusher-process` moves the flusher to a
 worker process, out of their GIL; the summary shows the rows written per
-second and the spinning thread's loop turns per second.
+second and the spinning thread's loop turns per second. `--poison P` gives a
+share P of the players a state the table's CHECK refuses: the queue isolates
+each of those rows by bisection and drops it as `rejected`, and the verdict
+checks that every other player's latest state is stored all the same, and
+that no poisoned one is.
 
 `--journal PATH` journals the queue. With `--crash-after S` the shard notes
 every player's state after S seconds in `PATH.expected`, plays on for
@@ -39,6 +44,7 @@ import dataclasses
 import importlib.util
 import json
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -66,6 +72,8 @@ if TYPE_CHECKING:
 # The game.
 ARENA = 1000.0  # players walk in an ARENA x ARENA square
 STEP = 5.0  # the most a player moves along each axis in a tick
+HP = 100  # every player's hit points (nobody fights here)
+POISONED_HP = -1  # --poison: a corrupt state, which the table's CHECK refuses
 
 # The queue. Coalescing holds at most one state per player, so a capacity
 # above the player count is never reached: nothing is dropped for room.
@@ -85,22 +93,28 @@ JOURNAL_INTERVAL = 0.05
 # --crash-after: the states noted are this many seconds old at the crash,
 # well past JOURNAL_INTERVAL, so the journal must hold them (or newer ones).
 CRASH_MARGIN = 0.5
+# Logged for each bad row (--poison), and for each flush call that failed
+# while the queue isolated it: the first of each is shown.
+PER_BAD_ROW = frozenset({"items_rejected", "store_error"})
 ERASE_LINE = "\r\x1b[K"
 
 # --8<-- [start:sql]
 # The store: a table, and the columns of a PlayerState, in order. The flushers
-# compose the upsert from these names, quoting each one.
+# compose the upsert from these names, quoting each one. The table refuses a
+# negative hp: a poisoned player's state (--poison) never gets in.
 TABLE = "game_shard_players"
-COLUMNS = ("player_id", "seq", "x", "y")
+COLUMNS = ("player_id", "seq", "x", "y", "hp")
 SQLITE_SCHEMA = (
     "CREATE TABLE game_shard_players (player_id INTEGER PRIMARY KEY, "
-    "seq INTEGER NOT NULL, x REAL NOT NULL, y REAL NOT NULL)"
+    "seq INTEGER NOT NULL, x REAL NOT NULL, y REAL NOT NULL, "
+    "hp INTEGER NOT NULL CHECK (hp >= 0))"
 )
 POSTGRES_SCHEMA = (
     "CREATE TABLE game_shard_players (player_id BIGINT PRIMARY KEY, "
-    "seq BIGINT NOT NULL, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL)"
+    "seq BIGINT NOT NULL, x DOUBLE PRECISION NOT NULL, y DOUBLE PRECISION NOT NULL, "
+    "hp INTEGER NOT NULL CHECK (hp >= 0))"
 )
-SELECT = "SELECT player_id, seq, x, y FROM game_shard_players"
+SELECT = "SELECT player_id, seq, x, y, hp FROM game_shard_players"
 DROP = "DROP TABLE IF EXISTS game_shard_players"
 # --8<-- [end:sql]
 
@@ -116,11 +130,17 @@ class PlayerState(NamedTuple):
     seq: int  # ticks played: a newer state has a higher seq
     x: float
     y: float
+    hp: int = HP
 
 
 def player_key(state: PlayerState) -> int:
     """The coalescing key: a newer state of a player replaces the queued one."""
     return state.player_id
+
+
+def refused(state: PlayerState) -> bool:
+    """Whether the table's CHECK refuses `state`: a poisoned player's."""
+    return state.hp < 0
 
 
 # --8<-- [end:state]
@@ -146,25 +166,29 @@ def _clamp(value: float) -> float:
 class Player(pykka.ThreadingActor):
     """One player: moves on every tick and pushes its new state, fire-and-forget."""
 
-    def __init__(self, player_id: int, writes: pykka.ActorRef[Any]) -> None:
+    def __init__(
+        self, player_id: int, writes: pykka.ActorRef[Any], *, poisoned: bool = False
+    ) -> None:
         super().__init__()
         self._rng = random.Random(player_id)
         self._writes = writes
         x, y = self._rng.uniform(0, ARENA), self._rng.uniform(0, ARENA)
-        self.state = PlayerState(player_id, 0, x, y)
+        hp = POISONED_HP if poisoned else HP  # --poison: every state refused
+        self.state = PlayerState(player_id, 0, x, y, hp)
 
     def on_start(self) -> None:
         self._writes.tell(wbactor.Push(self.state))  # spawning is a state too
 
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, Tick):
-            player_id, seq, x, y = self.state
+            player_id, seq, x, y, hp = self.state
             step = self._rng.uniform
             self.state = PlayerState(
                 player_id,
                 seq + 1,
                 _clamp(x + step(-STEP, STEP)),
                 _clamp(y + step(-STEP, STEP)),
+                hp,
             )
             self._writes.tell(wbactor.Push(self.state))  # returns at once
             return None
@@ -300,6 +324,20 @@ class FaultyFlusher:
 # --8<-- [end:faults]
 
 
+# --8<-- [start:poison]
+def poisoned_players(player_ids: range, share: float) -> frozenset[int]:
+    """--poison: the players whose every state the table refuses.
+
+    A share of the shard's players (at least one if the share is above 0),
+    picked at random, and the same ones at every run.
+    """
+    count = math.ceil(share * len(player_ids))
+    return frozenset(random.Random(player_ids.start).sample(player_ids, count))
+
+
+# --8<-- [end:poison]
+
+
 # ------------------------------------------------------------------- shards
 
 
@@ -311,9 +349,11 @@ class Progress(NamedTuple):
     batches: int = 0
     coalesced: int = 0
     dropped: int = 0
+    rejected: int = 0  # of the dropped: refused by the store (--poison)
     retries: int = 0
     restarts: int = 0
     depth: int = 0
+    in_flight: int = 0
 
     @classmethod
     def of(cls, stats: wbactor.Stats) -> Progress:
@@ -323,9 +363,11 @@ class Progress(NamedTuple):
             batches=stats.batches,
             coalesced=stats.coalesced,
             dropped=stats.dropped_total,
+            rejected=stats.dropped.get(wbactor.DropReason.REJECTED, 0),
             retries=stats.retries,
             restarts=stats.restarts,
             depth=stats.depth,
+            in_flight=stats.in_flight,
         )
 
     @classmethod
@@ -347,8 +389,11 @@ class Shard:
     cpu_load: bool = False  # --cpu-load
     journal: Path | None = None  # --journal
     crash_after: float | None = None  # --crash-after
+    poison: float = 0.0  # --poison: the share of players the table refuses
 
     def make_flusher(self) -> StoreFlusher:
+        if self.flusher_process:  # called in the worker, whose logging is its own
+            configure_logging(erase_line if sys.stdout.isatty() else None)
         flusher = self.store.flusher()
         if not self.faults:
             return flusher
@@ -383,7 +428,10 @@ def play(shard: Shard, report: Callable[[Progress], object]) -> ShardResult:
     )
     load = CpuLoad() if shard.cpu_load else None
     wb = wbactor.start(config)
-    players = [Player.start(player_id, wb.ref) for player_id in shard.player_ids]
+    poisoned = poisoned_players(shard.player_ids, shard.poison)
+    players = [
+        Player.start(i, wb.ref, poisoned=i in poisoned) for i in shard.player_ids
+    ]
     try:
         if shard.crash_after is not None:
             crash(players, shard, lambda: report(Progress.of(wb.stats())))
@@ -601,25 +649,43 @@ def play_shards(
 
 @dataclass(frozen=True)
 class Verdict:
-    """The store, checked against every player's latest state."""
+    """The store, checked against every player's latest state, and the counts."""
 
-    players: int
+    players: int  # players whose latest state must be stored
     missing: tuple[int, ...]  # no row for these player ids
     stale: tuple[int, ...]  # a row, but not the player's latest state
+    poisoned: int = 0  # --poison: players whose states must not be stored
+    written: tuple[int, ...] = ()  # poisoned players with a row all the same
+    rejected: int = 0  # states the store refused
+    miscounts: tuple[str, ...] = ()  # what the queues' counts got wrong
 
     @property
     def ok(self) -> bool:
-        return not self.missing and not self.stale
+        return not (self.missing or self.stale or self.written or self.miscounts)
 
     def __str__(self) -> str:
         if self.ok:
-            return f"OK: all {self.players} players' latest states are stored"
-        bad = len(self.missing) + len(self.stale)
-        return (
-            f"FAILED: {bad} of {self.players} players' latest states are not "
-            f"stored: {len(self.missing)} missing {_ids(self.missing)}, "
-            f"{len(self.stale)} stale {_ids(self.stale)}"
-        )
+            text = f"OK: all {self.players} players' latest states are stored"
+            if self.poisoned:
+                text += (
+                    f", and none of the {self.poisoned} poisoned players' "
+                    f"({self.rejected} states rejected)"
+                )
+            return text
+        problems = []
+        if self.missing or self.stale:
+            bad = len(self.missing) + len(self.stale)
+            problems.append(
+                f"{bad} of {self.players} players' latest states are not "
+                f"stored: {len(self.missing)} missing {_ids(self.missing)}, "
+                f"{len(self.stale)} stale {_ids(self.stale)}"
+            )
+        if self.written:
+            problems.append(
+                f"{len(self.written)} of {self.poisoned} poisoned players have "
+                f"a row {_ids(self.written)}"
+            )
+        return "FAILED: " + "; ".join([*problems, *self.miscounts])
 
 
 def _ids(ids: Sequence[int], shown: int = 5) -> str:
@@ -628,17 +694,66 @@ def _ids(ids: Sequence[int], shown: int = 5) -> str:
 
 
 # --8<-- [start:verify]
-def verify(latest: Iterable[PlayerState], stored: Mapping[int, PlayerState]) -> Verdict:
-    """Check that `stored` holds each of the `latest` states, exactly."""
+def verify(
+    latest: Iterable[PlayerState],
+    stored: Mapping[int, PlayerState],
+    counts: Progress | None = None,
+) -> Verdict:
+    """Check that `stored` holds each of the `latest` states, exactly.
+
+    A poisoned player's state is checked to be absent instead. With `counts`,
+    the queues' final ones, check that they add up too.
+    """
     players, missing, stale = 0, [], []
+    poisoned, written = 0, []
+    made = poisoned_made = 0  # states pushed: its spawn, then one per tick
     for state in latest:
+        made += state.seq + 1
+        if refused(state):
+            poisoned += 1
+            poisoned_made += state.seq + 1
+            if state.player_id in stored:
+                written.append(state.player_id)
+            continue
         players += 1
         found = stored.get(state.player_id)
         if found is None:
             missing.append(state.player_id)
         elif found != state:
             stale.append(state.player_id)
-    return Verdict(players, tuple(missing), tuple(stale))
+    wrong = [] if counts is None else miscounts(counts, made, poisoned, poisoned_made)
+    return Verdict(
+        players,
+        tuple(missing),
+        tuple(stale),
+        poisoned=poisoned,
+        written=tuple(written),
+        rejected=0 if counts is None else counts.rejected,
+        miscounts=tuple(wrong),
+    )
+
+
+def miscounts(c: Progress, made: int, poisoned: int, poisoned_made: int) -> list[str]:
+    """What is wrong with the final counts `c`, of `made` states pushed.
+
+    Each poisoned player's latest state was rejected (nothing coalesced it),
+    and nothing but poisoned states was: `poisoned` <= rejected <=
+    `poisoned_made`. Every other drop is a loss.
+    """
+    wrong = []
+    placed = c.flushed + c.coalesced + c.dropped + c.depth + c.in_flight
+    if c.pushed != placed:
+        wrong.append(f"{c.pushed} states pushed, but {placed} accounted for")
+    if c.pushed != made:
+        wrong.append(f"the queues counted {c.pushed} pushes, the players made {made}")
+    if c.dropped != c.rejected:
+        wrong.append(f"dropped, not rejected: {c.dropped - c.rejected} states")
+    if not poisoned <= c.rejected <= poisoned_made:
+        wrong.append(
+            f"rejected {c.rejected} states, not between {poisoned} and "
+            f"{poisoned_made} (the poisoned players' latest ones, and all of them)"
+        )
+    return wrong
 
 
 # --8<-- [end:verify]
@@ -680,8 +795,8 @@ class StatusLine:
         self._shown_at, self._pushed = now, p.pushed
         text = (
             f"pushes/s {rate:6.0f} | depth {p.depth:5} | coalesced {p.coalesced:7} | "
-            f"flushed {p.flushed:6} | drops {p.dropped} | retries {p.retries} | "
-            f"restarts {p.restarts}"
+            f"flushed {p.flushed:6} | drops {p.dropped}{_of_which(p)} | "
+            f"retries {p.retries} | restarts {p.restarts}"
         )
         with self._lock:
             if self._tty:
@@ -702,11 +817,21 @@ class StatusLine:
 def configure_logging(
     clear: Callable[[], None] | None, shard: int | None = None
 ) -> None:
-    """Log readable lines at INFO; clear the status line before each."""
+    """Log readable lines at INFO; clear the status line before each.
+
+    Of the lines --poison brings, one per bad row, only the first is shown.
+    """
+    shown: set[str] = set()
 
     def make_room(
         _: object, __: str, event: MutableMapping[str, Any]
     ) -> MutableMapping[str, Any]:
+        name = event["event"]
+        if name in PER_BAD_ROW and event.get("permanent", True):  # not transient
+            if name in shown:
+                raise structlog.DropEvent  # the status line counts them
+            shown.add(name)
+            event["more"] = "not shown"
         if clear is not None:
             clear()
         if shard is not None:
@@ -724,6 +849,10 @@ def configure_logging(
     )
 
 
+def _of_which(p: Progress) -> str:
+    return f" (rejected {p.rejected})" if p.rejected else ""
+
+
 def summary(progress: Progress, seconds: float, cpu_load: float | None = None) -> str:
     p = progress
     saved = p.coalesced / p.pushed if p.pushed else 0.0
@@ -733,7 +862,7 @@ def summary(progress: Progress, seconds: float, cpu_load: float | None = None) -
     return (
         f"pushed {p.pushed} states ({p.pushed / seconds:.0f}/s); "
         f"wrote {p.flushed} rows ({p.flushed / seconds:.0f}/s) in {p.batches} batches; "
-        f"coalesced {p.coalesced} ({saved:.0%}); dropped {p.dropped}; "
+        f"coalesced {p.coalesced} ({saved:.0%}); dropped {p.dropped}{_of_which(p)}; "
         f"retries {p.retries}; restarts {p.restarts}{load}"
     )
 
@@ -764,7 +893,8 @@ def run(store: Store, shards: Sequence[Shard]) -> int:
         label = f"shard {result.shard}: " if len(shards) > 1 else ""
         print(label + summary(result.final, result.played, result.cpu_load))
     latest = [state for result in results for state in result.latest]
-    verdict = verify(latest, store.read())
+    counts = Progress.total(result.final for result in results)
+    verdict = verify(latest, store.read(), counts)
     print(verdict)
     for failure in failures:  # last, so the last line says FAILED
         print(f"FAILED: {failure}")
@@ -811,6 +941,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--faults", type=_fraction, default=0.0, help="share of flush calls that fail"
+    )
+    parser.add_argument(
+        "--poison",
+        type=_fraction,
+        default=0.0,
+        help="share of players whose states the table refuses",
     )
     parser.add_argument(
         "--shards",
@@ -880,6 +1016,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 cpu_load=args.cpu_load,
                 journal=shard_journal(args.journal, i),
                 crash_after=args.crash_after,
+                poison=args.poison,
             )
             for i in range(args.shards)
         ]

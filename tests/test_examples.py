@@ -66,10 +66,32 @@ def test_game_shard_runs_shard_processes_on_one_sqlite_file() -> None:
     assert "OK: all 100 players' latest states are stored" in out
 
 
+def rejected_in(out: str) -> int:
+    """The rejected count the verdict line gives (after OK)."""
+    found = re.search(r"^OK: .* \((\d+) states rejected\)$", out, re.MULTILINE)
+    assert found, out
+    return int(found.group(1))
+
+
+def test_game_shard_stores_every_player_but_the_poisoned() -> None:
+    out = run_example(_GAME_SHARD, *_SHORT, "--poison", "0.1")
+    assert "OK: all 45 players' latest states are stored, and none of the 5 " in out
+    rejected = rejected_in(out)
+    assert rejected >= 5  # each poisoned player's latest state, at least
+    assert f"dropped {rejected} (rejected {rejected});" in out
+
+
 def test_game_shard_writes_through_a_flusher_process_under_cpu_load() -> None:
     out = run_example(_GAME_SHARD, *_SHORT, "--cpu-load", "--flusher-process")
     assert "rows (" in out
     assert "CPU-bound thread" in out
+
+
+def test_game_shard_logs_as_configured_in_a_flusher_process() -> None:
+    out = run_example(_GAME_SHARD, *_SHORT, "--flusher-process", "--poison", "0.1")
+    assert rejected_in(out) >= 5
+    # The worker logs one store_error for every failed flush call; shown once.
+    assert out.count("store_error") == 1
 
 
 def _pg_dsn() -> str:
@@ -116,6 +138,15 @@ def test_game_shard_processes_with_faults_on_postgres() -> None:
     assert "OK: all 100 players' latest states are stored" in out
 
 
+def test_game_shard_processes_reject_poisoned_players_on_postgres() -> None:
+    out = run_example(
+        _GAME_SHARD, *_SHORT, "--dsn", _pg_dsn(), "--shards", "2", "--poison", "0.1"
+    )
+    assert "OK: all 90 players' latest states are stored, and none of the 10 " in out
+    assert rejected_in(out) >= 10
+    assert "shard 1:" in out
+
+
 # The verdict: what makes the example exit non-zero.
 
 _STATES = [game_shard.PlayerState(i, 10 + i, 1.5 * i, 2.0) for i in range(4)]
@@ -139,6 +170,70 @@ def test_verdict_names_missing_and_stale_players() -> None:
     assert str(verdict).startswith("FAILED: 3 of 4 players' latest states")
 
 
+# Two poisoned players, of 4 states each: with _STATES, 58 states made.
+_POISONED = [
+    game_shard.PlayerState(i, 3, 0.0, 0.0, game_shard.POISONED_HP) for i in (8, 9)
+]
+_STORED = {s.player_id: s for s in _STATES}
+
+
+def _counts(**changes: int) -> game_shard.Progress:
+    """Final counts that add up for _STATES and _POISONED, then `changes`."""
+    fine = game_shard.Progress(
+        pushed=58, flushed=30, coalesced=24, dropped=4, rejected=4
+    )
+    return fine._replace(**changes)
+
+
+def test_verdict_is_ok_when_no_poisoned_state_is_stored_and_the_counts_add_up() -> None:
+    verdict = game_shard.verify([*_STATES, *_POISONED], _STORED, _counts())
+    assert verdict.ok, verdict
+    assert str(verdict) == (
+        "OK: all 4 players' latest states are stored, "
+        "and none of the 2 poisoned players' (4 states rejected)"
+    )
+
+
+def test_verdict_fails_when_a_poisoned_state_is_stored() -> None:
+    stored = {**_STORED, 9: _POISONED[1]}  # a table without its CHECK
+    verdict = game_shard.verify([*_STATES, *_POISONED], stored, _counts())
+    assert verdict.written == (9,)
+    assert str(verdict) == "FAILED: 1 of 2 poisoned players have a row [9]"
+
+
+@pytest.mark.parametrize(
+    ("changes", "wrong"),
+    [
+        ({"pushed": 59}, "59 states pushed, but 58 accounted for; the queues"),
+        ({"depth": 1}, "58 states pushed, but 59 accounted for"),
+        ({"coalesced": 23, "dropped": 5}, "dropped, not rejected: 1 states"),
+        (
+            {"coalesced": 27, "dropped": 1, "rejected": 1},
+            "rejected 1 states, not between 2 and 8 (the poisoned",
+        ),
+        (
+            {"coalesced": 19, "dropped": 9, "rejected": 9},
+            "rejected 9 states, not between 2 and 8",
+        ),
+    ],
+)
+def test_verdict_fails_when_the_counts_do_not_add_up(
+    changes: dict[str, int], wrong: str
+) -> None:
+    verdict = game_shard.verify([*_STATES, *_POISONED], _STORED, _counts(**changes))
+    assert not verdict.ok
+    assert str(verdict).startswith(f"FAILED: {wrong}")
+
+
+def test_verdict_without_poison_counts_no_rejected_state() -> None:
+    counts = game_shard.Progress(
+        pushed=50, flushed=40, coalesced=9, rejected=1, dropped=1
+    )
+    verdict = game_shard.verify(_STATES, _STORED, counts)
+    [wrong] = verdict.miscounts
+    assert wrong.startswith("rejected 1 states, not between 0 and 0 ")
+
+
 class Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
@@ -157,6 +252,15 @@ def test_status_line_prints_a_line_a_second_when_not_on_a_terminal() -> None:
         "drops 0 | retries 2 | restarts 0"
     )
     assert out.getvalue().splitlines() == [line]
+
+
+def test_status_line_shows_the_rejected_among_the_drops() -> None:
+    out, now = io.StringIO(), [0.0]
+    status = game_shard.StatusLine(out, clock=lambda: now[0])
+    status.update(game_shard.Progress())
+    now[0] += 1.0
+    status.update(game_shard.Progress(dropped=7, rejected=7))
+    assert "| drops 7 (rejected 7) | retries 0 |" in out.getvalue()
 
 
 def test_status_line_redraws_in_place_on_a_terminal() -> None:
@@ -230,3 +334,25 @@ def test_game_shard_fails_when_a_shard_process_dies(
     last = capfd.readouterr().out.splitlines()[-2:]
     assert last[0] == "OK: all 5 players' latest states are stored"
     assert last[1].startswith("FAILED: shard 1 exited with code 1 before reporting")
+
+
+@pytest.mark.usefixtures("_restore_structlog")
+def test_game_shard_shows_the_first_of_the_lines_logged_per_bad_row(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    game_shard.configure_logging(None)
+    log = structlog.get_logger("wbactor")
+    for _ in range(3):
+        log.warning("store_error", permanent=True)
+        log.warning("items_rejected", count=1)
+    log.warning("store_error", permanent=False)  # transient: each one is shown
+    log.warning("store_error", permanent=False)
+    lines = capsys.readouterr().out.splitlines()
+    events = [line.split()[3] for line in lines]
+    assert events == ["store_error", "items_rejected", "store_error", "store_error"]
+    assert [("more='not shown'" in line) for line in lines] == [
+        True,
+        True,
+        False,
+        False,
+    ]

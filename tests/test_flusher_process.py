@@ -7,12 +7,14 @@ which the spawned workers import, and they report through files.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import multiprocessing
 import os
 import pickle
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -564,6 +566,29 @@ def test_an_item_that_does_not_pickle_alone_is_rejected(tmp_path: Path) -> None:
     assert dropped == [(lock, wbactor.DropReason.REJECTED)]
     assert [i for _, b in batches(log) for i in b] == [0, 1, 2, 4, 5, 6, 7, 8, 9]
     assert (stats.flushed, stats.dropped) == (9, {wbactor.DropReason.REJECTED: 1})
+
+
+def test_a_store_error_logged_in_the_worker_names_the_queue(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "kv.db"
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        db.execute("CREATE TABLE kv (k INTEGER PRIMARY KEY, v INTEGER NOT NULL)")
+    config: wbactor.Config[Any] = wbactor.Config(
+        capacity=10,
+        flusher_factory=functools.partial(
+            SQLiteFlusher.upsert, path, "kv", ("k", "v"), "k"
+        ),
+        flusher_process=True,
+        name="players",
+    )
+    with running(config) as wb:
+        wb.push((1, None))  # NOT NULL: rejected, after a store_error in the worker
+        stats = wb.stop(timeout=WAIT)
+    assert stats.dropped == {wbactor.DropReason.REJECTED: 1}
+    # The worker's structlog is unconfigured: it prints to the shared stdout.
+    [line] = [s for s in capfd.readouterr().out.splitlines() if "store_error" in s]
+    assert "queue=players" in line
 
 
 # ------------------------------------------------------------ the parent's end

@@ -135,6 +135,25 @@ def test_a_bad_row_is_isolated_and_rejected_and_the_rest_of_its_batch_written(
     assert not [e for e in logs if e["event"] == "retries_exhausted"]
 
 
+def test_store_error_names_the_queue_whose_flusher_logged_it(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = tmp_path / "kv.db"
+    cfg = config(clock, flusher_factory=lambda: kv_flusher(path), name="players")
+    with capture_logs() as logs, running(cfg) as wb:
+        wb.push((1, None))  # NOT NULL: rejected
+        wb.flush(WAIT)
+    [error] = store_errors(logs)
+    assert error["queue"] == "players"
+    # Called outside any queue, the flusher names none.
+    alone = kv_flusher(path)
+    with capture_logs() as logs, pytest.raises(PermanentStoreError):
+        alone.flush([(2, None)])
+    alone.close()
+    [error] = store_errors(logs)
+    assert "queue" not in error
+
+
 def test_a_locked_database_is_transient_and_a_fresh_flusher_writes_the_batch(
     tmp_path: Path, clock: ManualClock
 ) -> None:

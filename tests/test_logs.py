@@ -15,6 +15,7 @@ from support import WAIT, retries, running, sync
 
 import wbactor
 from wbactor._flusher import FlusherActor
+from wbactor._log import FLUSHING_FOR
 from wbactor.testing import (
     DropRecorder,
     FlakyFlusher,
@@ -326,6 +327,26 @@ def test_an_unknown_message_is_logged_by_type_and_the_queue_keeps_working(
         }
     ]
     assert_no_item_contents(logs)
+
+
+def test_a_flusher_runs_knowing_its_queues_name_async_or_not(
+    clock: ManualClock,
+) -> None:
+    seen: list[str | None] = []
+
+    def flush(batch: list[int]) -> None:
+        seen.append(FLUSHING_FOR.get())
+
+    async def aflush(batch: list[int]) -> None:
+        seen.append(FLUSHING_FOR.get())
+
+    for name, flusher in (("sync", flush), ("async", aflush)):
+        config = wbactor.Config(capacity=10, flusher=flusher, clock=clock, name=name)
+        with running(config) as wb:
+            wb.push(1)
+            wb.flush(WAIT)
+    assert seen == ["sync", "async"]
+    assert FLUSHING_FOR.get() is None  # the queue's threads', not the caller's
 
 
 def test_the_library_never_configures_structlog() -> None:

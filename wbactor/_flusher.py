@@ -24,6 +24,7 @@ from wbactor._log import (
     BATCH_FLUSHED,
     BATCH_SPLIT,
     FLUSHER_CLOSE_FAILED,
+    FLUSHING_FOR,
     ITEMS_REJECTED,
     OBSERVER_FAILED,
     describe,
@@ -123,8 +124,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None  # for async flushers
 
     def on_start(self) -> None:
-        """Note this thread runs user code for the queue."""
+        """Note this thread runs user code for the queue, and for which one."""
         self._threads.enter()
+        FLUSHING_FOR.set(self._log.name)  # this thread's: it is the actor's own
 
     def on_receive(self, message: Any) -> None:
         """Run batches when the supervisor says so, until an attempt fails."""

@@ -7,6 +7,7 @@ writes carries `queue=<Config.name>`. Item contents are never logged.
 
 from __future__ import annotations
 
+import contextvars
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -16,9 +17,33 @@ if TYPE_CHECKING:
     from wbactor._clock import Clock
     from wbactor._stats import DropReason
 
-__all__ = ["DropLog", "QueueLog", "describe", "logger"]
+__all__ = [
+    "FLUSHING_FOR",
+    "DropLog",
+    "QueueLog",
+    "describe",
+    "flusher_logger",
+    "logger",
+]
 
 logger: Any = structlog.get_logger("wbactor")
+
+FLUSHING_FOR: contextvars.ContextVar[str | None] = contextvars.ContextVar(
+    "wbactor_flushing_for", default=None
+)
+"""The name of the queue whose flusher runs here, or None.
+
+Set on each flusher actor's thread and in each flusher worker process, so
+that what a flusher logs (a store flusher's `store_error`) carries `queue`
+as the queue's own lines do. An async flush's task copies it.
+"""
+
+
+def flusher_logger() -> Any:
+    """The logger for a flusher's lines: bound to `queue` inside a queue."""
+    name = FLUSHING_FOR.get()
+    return logger if name is None else logger.bind(queue=name)
+
 
 ITEMS_DROPPED = "items_dropped"
 FLUSH_FAILED = "flush_failed"

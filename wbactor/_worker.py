@@ -50,6 +50,7 @@ from wbactor._errors import (
     WorkerDiedError,
 )
 from wbactor._flusher import as_flush_function
+from wbactor._log import FLUSHING_FOR
 
 if TYPE_CHECKING:
     import asyncio
@@ -235,7 +236,7 @@ class ProcessFlusher(Generic[T]):
         self._conn: Connection = conn
         process = context.Process(
             target=_serve,
-            args=(child_conn, blob),
+            args=(child_conn, blob, name),
             name=f"wbactor-flusher[{name}]",
             daemon=True,
         )
@@ -531,8 +532,9 @@ class Workers:
 # ------------------------------------------------------------------ worker
 
 
-def _serve(conn: Connection, factory_blob: bytes) -> None:
+def _serve(conn: Connection, factory_blob: bytes, name: str) -> None:
     """Run in the worker: make the flusher, then flush what the parent sends."""
+    FLUSHING_FOR.set(name)  # what the flusher logs names the queue
     # Ctrl-C reaches the whole process group; the parent decides when this
     # worker stops (close() or kill()), so that a drain can still use it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)

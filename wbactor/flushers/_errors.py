@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from wbactor._errors import PermanentError, WriteBehindError
-from wbactor._log import describe, logger
+from wbactor._log import describe, flusher_logger
 
 __all__ = [
     "STORE_ERROR",
@@ -99,8 +99,11 @@ def _rebuild(
 
 
 def log_store_error(error: StoreError) -> None:
-    """Log `store_error` for `error`: which store, permanent or not, SQLSTATE."""
-    logger.warning(
+    """Log `store_error` for `error`: which store, permanent or not, SQLSTATE.
+
+    Called from a queue's flusher, the line carries the queue's name too.
+    """
+    flusher_logger().warning(
         STORE_ERROR,
         store=error.store,
         permanent=error.permanent,
