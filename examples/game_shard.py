@@ -493,7 +493,8 @@ def recover(store: Store, journal: Path) -> int:
 
     Every player noted before the crash must be stored with a state at least
     as new (a `seq` at least as high) as the one noted: the journal held it,
-    or a newer one, or the store had it already.
+    or a newer one, or the store had it already. A poisoned player
+    (`--poison`) must have no row.
     """
     noted = [
         PlayerState(*row) for row in json.loads(expected_path(journal).read_text())
@@ -514,8 +515,11 @@ def recover(store: Store, journal: Path) -> int:
     behind = [
         s.player_id
         for s in noted
-        if s.player_id not in stored or stored[s.player_id].seq < s.seq
+        if not refused(s)
+        and (s.player_id not in stored or stored[s.player_id].seq < s.seq)
     ]
+    # --poison: a poisoned player's states were refused, recovered or not.
+    behind += [s.player_id for s in noted if refused(s) and s.player_id in stored]
     if behind:
         print(
             f"FAILED: {len(behind)} of {len(noted)} players are stored older than "
