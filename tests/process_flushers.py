@@ -7,10 +7,12 @@ starts with its parent's `sys.path`, so the worker imports it too.
 `Scripted` reports through files, as a worker shares no memory with the
 test: every batch it writes is a JSON line `{"pid": ..., "batch": [...]}` in
 its `log`. Its items are ints, written; or strings, commands run before the
-write (`"raise:permanent"`, `"exit:3"`, `"sleep:1.5"`, ...). A `trap` file,
-when it exists at the start of a flush, holds one command to run once (the
-file is removed first), so a test can make the first attempt of a batch fail
-and the retry, in the next worker, succeed.
+write (`"raise:permanent"`, `"exit:3"`, `"sleep:1.5"`, `"wait:PATH"`: until
+the test creates the file PATH, `"flake:PATH"`: fail transient unless PATH
+exists, and create it, ...). A `trap` file, when it exists at the
+start of a flush, holds commands to run once, `;` between them (the file is
+removed first), so a test can make the first attempt of a batch fail and the
+retry, in the next worker, succeed.
 """
 
 from __future__ import annotations
@@ -58,6 +60,12 @@ _ERRORS: dict[str, Any] = {
     "retry_after": lambda: wbactor.RetryAfter(2.5, "rate limited"),
     "partial": lambda: wbactor.PartialFailure([1], ValueError("bad row")),
     "partial_locks": lambda: wbactor.PartialFailure([0], LocksError()),
+    "partial_huge": lambda: wbactor.PartialFailure(
+        range(3, 60_000, 2), ValueError("x" * 100_000)
+    ),
+    "partial_big": lambda: wbactor.PartialFailure(
+        range(3, 60_000, 2), ValueError("y" * 10_000)
+    ),
     "locks": LocksError,
     "needs_two": lambda: NeedsTwoError("a", "b"),
     "hostile": HostileError,
@@ -83,9 +91,10 @@ class Scripted:
 
     def flush(self, batch: list[Any]) -> None:
         if self.trap is not None and self.trap.exists():
-            command = self.trap.read_text()
+            commands = self.trap.read_text()
             self.trap.unlink()
-            self.run(command)
+            for command in commands.split(";"):
+                self.run(command)
         for item in batch:
             if isinstance(item, str):
                 self.run(item)
@@ -98,6 +107,15 @@ class Scripted:
             raise error
         if verb == "exit":
             os._exit(int(argument))
+        if verb == "flake" and not Path(argument).exists():
+            Path(argument).touch()
+            error = _ERRORS["transient"]()
+            raise error
+        if verb == "wait":  # for the test, at most a minute
+            self.record({"waiting": argument})
+            deadline = time.monotonic() + 60
+            while not Path(argument).exists() and time.monotonic() < deadline:
+                time.sleep(0.005)
         if verb == "sleep":
             self.record({"sleeping": float(argument)})
             time.sleep(float(argument))

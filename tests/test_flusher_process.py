@@ -26,9 +26,10 @@ import process_flushers
 import pytest
 from process_flushers import AsyncScripted, Scripted, batches, read_log
 from structlog.testing import capture_logs
-from support import WAIT, running
+from support import WAIT, conservation_holds, retries, running
 
 import wbactor
+from wbactor._attempts import Attempts
 from wbactor._worker import ProcessFlusher, check_picklable
 from wbactor.flushers import PermanentStoreError, SQLiteFlusher, TransientStoreError
 
@@ -176,6 +177,22 @@ def test_a_partial_failure_keeps_its_indices_when_its_error_does_not_pickle(
     assert raised.value.failed == (0,)
     assert isinstance(raised.value.error, wbactor.RemoteError)
     assert raised.value.error.type_name == "process_flushers.LocksError"
+
+
+@pytest.mark.parametrize(("command", "letter"), [("huge", "x"), ("big", "y")])
+def test_a_partial_failure_too_big_for_a_reply_keeps_every_index(
+    shared: ProcessFlusher[Any], command: str, letter: str
+) -> None:
+    # Pickled as is, 29,999 indices and a 100 kB (or a 10 kB) message: over
+    # 16 kB, and the 10 kB one would not fit beside the indices' 8 kB either.
+    with pytest.raises(wbactor.PartialFailure) as raised:
+        shared.flush([f"raise:partial_{command}"])
+    assert raised.value.failed == tuple(range(3, 60_000, 2))
+    inner = raised.value.error
+    assert isinstance(inner, wbactor.RemoteError)
+    assert inner.type_name == "ValueError"
+    assert inner.message == letter * 1024
+    shared.flush([1])  # the conversation goes on
 
 
 def test_a_batch_that_does_not_pickle_is_a_pickling_error_and_nothing_is_sent(
@@ -674,3 +691,233 @@ def test_a_queue_left_running_at_exit_drains_through_its_worker_and_reaps_it(
     (pid,) = worker_pids(log)
     assert read_log(log)[-1] == {"pid": pid, "closed": True}
     wait_until(lambda: gone(pid))
+
+
+# ------------------------------------------------------------ two windows out
+
+
+def test_a_window_sent_behind_a_failure_is_not_written_until_resumed(
+    fresh: tuple[ProcessFlusher[Any], Path], tmp_path: Path
+) -> None:
+    flusher, log = fresh
+    gate = tmp_path / "gate"
+    # The first window waits on the gate, so the second is surely out behind it.
+    assert flusher.submit([[f"wait:{gate}", 1], ["raise:transient", 2], [3]]) == 3
+    assert flusher.submit([[4], [5]]) == 2
+    gate.touch()
+    written, error = flusher.collect()
+    assert (written, type(error)) == (1, TransientStoreError)
+    assert flusher.collect() == (0, None)  # skipped: behind the failure
+    with pytest.raises(RuntimeError, match="no window is out"):
+        flusher.collect()
+    assert flusher.submit([[2], [3], [4], [5]]) == 4  # resumes
+    assert flusher.collect() == (4, None)
+    assert [b for _, b in batches(log)] == [[1], [2], [3], [4], [5]]
+
+
+def test_submit_sends_the_batches_before_one_that_does_not_pickle(
+    shared: ProcessFlusher[Any], shared_log: Path
+) -> None:
+    before = len(batches(shared_log))
+    assert shared.submit([[1], [threading.Lock()], [2]]) == 1
+    assert shared.collect() == (1, None)
+    with pytest.raises(pickle.PicklingError, match="batch 0, item 0"):
+        shared.submit([[threading.Lock()], [2]])
+    assert [b for _, b in batches(shared_log)[before:]] == [[1]]
+
+
+BIG = 4096
+"""Items in a batch: a window then holds 8 batches (32,768 items)."""
+
+
+@dataclasses.dataclass
+class TwoWindows:
+    """Whole windows, the second sent behind the first: see `windows_out`."""
+
+    out: threading.Event = dataclasses.field(default_factory=threading.Event)
+    """Set once a worker has two windows out."""
+    taking: threading.Event = dataclasses.field(default_factory=threading.Event)
+    """Set once every item is queued: until then no window is taken."""
+
+    def push(self, wb: wbactor.WriteBehind[Any], items: list[Any]) -> None:
+        """Queue `items`, then let the flusher take them: windows of 8 batches.
+
+        A `PushMany` is queued a chunk at a time, so a flusher left to run
+        would take a window of the batches filled so far.
+        """
+        wb.ref.tell(wbactor.PushMany(items))
+        wb.wait_for(lambda s: s.pushed == len(items), WAIT)
+        self.taking.set()
+
+
+@pytest.fixture
+def windows_out(monkeypatch: pytest.MonkeyPatch) -> TwoWindows:
+    """Windows taken once every item is queued, and an event for two out."""
+    two = TwoWindows()
+    submit, window = ProcessFlusher.submit, Attempts.window
+    counts: dict[int, int] = {}
+
+    def counting(self: ProcessFlusher[Any], parts: list[list[Any]]) -> int:
+        sent = submit(self, parts)
+        counts[self.pid] = counts.get(self.pid, 0) + 1
+        if counts[self.pid] == 2:  # the second window
+            two.out.set()
+        return sent
+
+    def held(self: Attempts[Any], *args: Any, **kwargs: Any) -> Any:
+        assert two.taking.wait(WAIT)
+        return window(self, *args, **kwargs)
+
+    monkeypatch.setattr(ProcessFlusher, "submit", counting)
+    monkeypatch.setattr(Attempts, "window", held)
+    return two
+
+
+def windowed(log: Path, trap: Path, **options: Any) -> wbactor.Config[Any]:
+    return wbactor.Config(
+        capacity=200_000,
+        flusher_factory=scripted(log, trap),
+        batch_size=BIG,
+        retry_backoff=zero_backoff,
+        flusher_process=True,
+        **options,
+    )
+
+
+ITEMS = 2 * 8 * BIG + 5  # two windows, and a short batch
+
+
+def written_by(log: Path) -> dict[int, list[int]]:
+    out: dict[int, list[int]] = {}
+    for pid, batch in batches(log):
+        out.setdefault(pid, []).extend(batch)
+    return out
+
+
+def test_windows_are_written_in_order_and_counted_as_they_come_back(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate}")
+    with running(windowed(log, trap)) as wb:
+        windows_out.push(wb, list(range(3 * 8 * BIG + 5)))
+        assert windows_out.out.wait(WAIT)
+        stats = wb.stats()
+        assert (stats.flushed, stats.in_flight) == (0, 2 * 8 * BIG)  # both out
+        assert conservation_holds(stats)
+        gate.touch()
+        stats = wb.stop(timeout=WAIT)
+    assert [i for _, b in batches(log) for i in b] == list(range(3 * 8 * BIG + 5))
+    assert (stats.flushed, stats.batches, stats.restarts) == (
+        3 * 8 * BIG + 5,
+        3 * 8 + 1,
+        0,
+    )
+
+
+def test_a_failure_in_the_first_window_leaves_the_second_unwritten_in_order(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate}")
+    config = windowed(log, trap)
+    with running(config) as wb:
+        items: list[Any] = list(range(ITEMS))
+        items.insert(2 * BIG + 7, f"flake:{tmp_path / 'flaked'}")  # window 1, batch 3
+        windows_out.push(wb, items)
+        assert windows_out.out.wait(WAIT)
+        gate.touch()
+        stats = wb.wait_for(retries(1), WAIT)
+        assert conservation_holds(stats)
+        assert stats.flushed == 2 * BIG  # the two batches before the failure
+        assert stats.in_flight == (2 * 8 - 2) * BIG  # the rest of both windows
+        stats = wb.stop(timeout=WAIT)
+    first, second = worker_pids(log)
+    by = written_by(log)
+    assert by[first] == list(range(2 * BIG))  # nothing of window 2
+    assert by[second] == list(range(2 * BIG, ITEMS))
+    assert [i for _, b in batches(log) for i in b] == list(range(ITEMS))
+    assert (stats.flushed, stats.retries, stats.restarts) == (ITEMS + 1, 1, 1)
+    assert not stats.dropped
+
+
+def test_a_timeout_with_two_windows_out_kills_and_nothing_is_written_late(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate}")  # opened only after the worker is killed
+    with capture_logs() as logs, running(windowed(log, trap, flush_timeout=0.1)) as wb:
+        windows_out.push(wb, list(range(ITEMS)))
+        assert windows_out.out.wait(WAIT)
+        stats = wb.wait_for(lambda s: s.flushed == ITEMS, WAIT)
+        first = worker_pids(log)[0]
+        assert gone(first)
+        gate.touch()  # a worker still alive would now write
+        stats = wb.stop(timeout=WAIT)
+    assert [e["cause"] for e in logs if e["event"] == "flusher_restarted"] == [
+        "timeout"
+    ]
+    assert first not in written_by(log)
+    assert [i for _, b in batches(log) for i in b] == list(range(ITEMS))
+    assert (stats.flushed, stats.retries, stats.restarts) == (ITEMS, 1, 1)
+    assert stats.batches == 2 * 8 + 1
+    assert conservation_holds(stats)
+
+
+def test_a_worker_that_dies_with_two_windows_out_is_a_died_restart(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate};exit:3")
+    with capture_logs() as logs, running(windowed(log, trap)) as wb:
+        windows_out.push(wb, list(range(ITEMS)))
+        assert windows_out.out.wait(WAIT)
+        gate.touch()
+        stats = wb.wait_for(lambda s: s.flushed == ITEMS, WAIT)
+        assert conservation_holds(stats)
+        stats = wb.stop(timeout=WAIT)
+    assert [e["cause"] for e in logs if e["event"] == "flusher_restarted"] == ["died"]
+    first, second = worker_pids(log)
+    assert first not in written_by(log)
+    assert [i for _, b in batches(log) for i in b] == list(range(ITEMS))
+    assert (stats.flushed, stats.retries, stats.restarts) == (ITEMS, 1, 1)
+    assert gone(first)
+    assert gone(second)
+
+
+def test_a_stop_that_runs_out_of_time_with_two_windows_out_kills_the_worker(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate}")
+    wb = wbactor.start(windowed(log, trap))
+    windows_out.push(wb, list(range(ITEMS)))
+    assert windows_out.out.wait(WAIT)
+    started = time.monotonic()
+    stats = wb.stop(timeout=0.3)
+    assert time.monotonic() - started < 3.0
+    assert stats.dropped == {wbactor.DropReason.CLOSED: ITEMS}
+    assert (stats.flushed, stats.in_flight, stats.depth) == (0, 0, 0)
+    (pid,) = worker_pids(log)
+    assert gone(pid)
+    gate.touch()
+    assert batches(log) == []
+
+
+def test_poison_and_an_unpicklable_item_with_two_windows_out_are_rejected_alone(
+    tmp_path: Path, windows_out: TwoWindows
+) -> None:
+    log, trap, gate = tmp_path / "log.jsonl", tmp_path / "trap", tmp_path / "gate"
+    trap.write_text(f"wait:{gate}")
+    items: list[Any] = list(range(ITEMS))
+    items.insert(8 * BIG + 3 * BIG + 5, threading.Lock())  # window 2
+    items.insert(2 * BIG + 7, "raise:permanent")  # window 1
+    with running(windowed(log, trap)) as wb:
+        windows_out.push(wb, items)
+        assert windows_out.out.wait(WAIT)
+        gate.touch()
+        stats = wb.stop(timeout=WAIT)
+    assert stats.dropped == {wbactor.DropReason.REJECTED: 2}
+    assert (stats.flushed, stats.restarts) == (ITEMS, 0)
+    assert [i for _, b in batches(log) for i in b] == list(range(ITEMS))
+    assert len(worker_pids(log)) == 1

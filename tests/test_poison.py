@@ -197,6 +197,45 @@ def test_a_transient_failure_of_a_part_is_retried_with_backoff_for_that_part(
     assert stats.retries == 4  # [0..3], [0, 1] (transient), [2, 3], [3]
 
 
+def test_the_halves_of_a_split_start_their_own_retries(clock: ManualClock) -> None:
+    calls: list[list[int]] = []
+    backoffs: list[int] = []
+
+    def flush(batch: list[int]) -> None:
+        calls.append(list(batch))
+        first_two = batch == [0, 1, 2, 3] and len(calls) <= 2
+        if first_two or (batch == [0, 1] and len(calls) == 4):
+            msg = "connection reset"
+            raise ConnectionError(msg)
+        if 3 in batch:
+            raise Bad
+
+    def backoff(attempt: int) -> float:
+        backoffs.append(attempt)
+        return 0.0
+
+    drops: DropRecorder[int] = DropRecorder()
+    config = wbactor.Config(
+        capacity=100,
+        flusher=flush,
+        batch_size=4,
+        max_retries=2,
+        retry_backoff=backoff,
+        on_drop=drops,
+        clock=clock,
+    )
+    with running(config) as wb:
+        wb.ref.tell(wbactor.PushMany(range(4)))
+        wb.flush(WAIT)
+        stats = wb.stats()
+    # Two transient failures of the batch, then it is split: the half [0, 1]
+    # fails once, its first retry, not the batch's third (past max_retries).
+    assert calls == [[0, 1, 2, 3]] * 3 + [[0, 1], [0, 1], [2, 3], [2], [3]]
+    assert backoffs == [1, 2, 1]
+    assert drops.calls == [(3, REJECTED)]
+    assert stats.flushed == 3
+
+
 def test_a_part_that_exhausts_its_retries_is_dropped_and_the_next_part_goes_on(
     clock: ManualClock,
 ) -> None:
@@ -293,6 +332,7 @@ def test_a_partial_failure_rejects_the_permanent_ones_and_counts_the_rest(
     assert stats.dropped == {REJECTED: 2}
     [line] = [e for e in logs if e["event"] == "items_rejected"]
     assert line["count"] == 2
+    assert line["error"] == "Bad: bad rows"  # the cause, not the PartialFailure
 
 
 def test_a_partial_failure_retries_the_transient_ones_first_as_their_own_batch(

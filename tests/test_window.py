@@ -8,6 +8,7 @@ from support import WAIT, conservation_holds, retries, running, sync
 
 import wbactor
 from wbactor import DropReason
+from wbactor._flusher import window_batches
 from wbactor.testing import DropRecorder, ManualClock
 
 
@@ -54,7 +55,8 @@ def test_full_batches_queued_behind_go_in_one_hand_off(clock: ManualClock) -> No
         stats = wb.stats()
     assert flusher.written == list(range(100))
     assert max(len(w) for w in flusher.windows) > 1  # several in one hand-off
-    assert max(len(w) for w in flusher.windows) <= 8
+    # Sized by items: 32,768 items at most, in 8 to 64 whole batches.
+    assert max(len(w) for w in flusher.windows) <= window_batches(10) == 64
     assert (stats.flushed, stats.batches) == (100, 10)
 
 

@@ -12,8 +12,9 @@ then its parts are flushed in push order, head first, each at once (no
 backoff, no restart: the data is bad, not the flusher). A part of one item
 that still fails PERMANENT is rejected; every other item is flushed. With k
 bad items in a batch of n, that takes at most 2 * k * ceil(log2 n) extra
-flush calls. A TRANSIENT failure of a part is retried as Part 1 says, for
-that part; a later batch waits until every part settled.
+flush calls. A TRANSIENT failure of a part is retried with backoff and a
+fresh flusher, as a whole batch would be, for that part; a later batch
+waits until every part settled.
 """
 
 from __future__ import annotations
@@ -149,6 +150,7 @@ class Attempts(Generic[T]):
             self._buffer.retries += 1
             if len(flight.head_part()) > 1:
                 split = flight.split_head()
+                self._failures = 0  # the halves are new parts: their own retries
                 self._started = self._ledger.now()
                 self._ledger.settled()
                 return Isolated(flight.head_part(), [], split)
@@ -193,14 +195,20 @@ class Attempts(Generic[T]):
 
     # -- a window of batches (worker processes) -----------------------------
 
-    def window(self, epoch: int, most: int, batch_size: int) -> list[list[T]] | Stale:
-        """Return copies of the parts to hand over at once, at most `most`.
+    def window(
+        self, epoch: int, most: int, batch_size: int, after: int = 0
+    ) -> list[list[T]] | Stale:
+        """Return copies of the parts to hand over at once: at most `most`.
 
-        Tops the batch in flight up with full batches, each a part of its own,
-        so one hand-off to a worker process carries several (one hand-off
-        costs the parent up to a GIL switch interval under load). Returns []
-        when nothing is in flight or queued in full, `STALE` if `epoch` was
-        replaced.
+        The first `after` parts in flight are out already (windows not yet
+        collected): the window is cut behind them, topping the flight up
+        with full batches, each a part of its own, so one hand-off to a
+        worker process carries several (one hand-off costs the parent up to
+        a GIL switch interval under load). Returns [] when nothing more is in
+        flight or queued in full, `STALE` if `epoch` was replaced.
+
+        The attempt's clock (`flush_timeout`) starts with the first window
+        out; a window cut behind others waits its turn (`complete_parts`).
         """
         ledger = self._ledger
         with ledger.lock:
@@ -208,20 +216,27 @@ class Attempts(Generic[T]):
                 return STALE
             flight = self._flight
             topped = False
-            while flight.count_parts() < most and len(flight.queue) >= batch_size:
+            while (
+                flight.count_parts() < after + most and len(flight.queue) >= batch_size
+            ):
                 if flight.items is None:
                     self.reset()
                 flight.extend(batch_size)
                 topped = True
             if topped:
                 ledger.settled()  # room made; the trigger follows the flight
-            parts = flight.parts(most)
-            self._started = ledger.now() if parts else None
-            self._batches = max(1, len(parts))
+            parts = flight.parts(after + most)[after:]
+            if not after:
+                self._started = ledger.now() if parts else None
+                self._batches = max(1, len(parts))
             return parts
 
-    def complete_parts(self, epoch: int, done: int) -> bool:
-        """Count the first `done` parts in flight as flushed; False if stale."""
+    def complete_parts(self, epoch: int, done: int, following: int = 0) -> bool:
+        """Count the first `done` parts in flight as flushed; False if stale.
+
+        `following` is the number of batches of the next window out, if
+        one is: the attempt's clock restarts for it, now.
+        """
         with self._ledger.lock:
             if epoch != self._epoch:
                 return False
@@ -230,6 +245,9 @@ class Attempts(Generic[T]):
             if done:
                 self._failures = 0
                 self._ledger.settled()
+            if following:
+                self._started = self._ledger.now()
+                self._batches = following
             return True
 
     # -- the supervisor -----------------------------------------------------

@@ -59,13 +59,16 @@ class Policy(enum.Enum):
 class Flusher(Protocol[T]):
     """An object that writes one batch to the store.
 
-    `flush` may raise anything: the attempt counts as failed and is retried
-    with backoff. It should be idempotent (an upsert): an attempt abandoned
-    after `flush_timeout` may still complete later.
+    `flush` may raise anything: the attempt counts as failed, and
+    `Config.classify` reads the error. A transient one (the default) is
+    retried with backoff; a `PermanentError` splits the batch until only the
+    bad items are left, which are dropped as `rejected`. It should be
+    idempotent (an upsert): an attempt abandoned after `flush_timeout` may
+    still complete later.
     """
 
     def flush(self, batch: list[T], /) -> object:
-        """Write `batch`, in push order; raise to have it retried."""
+        """Write `batch`, in push order; raise to have it retried or split."""
 
 
 FlusherLike = Flusher[T] | Callable[[list[T]], object]
@@ -274,8 +277,9 @@ class Config(Generic[T]):
     `default_backoff`."""
 
     max_retries: int = 3
-    """Retries after the first attempt before a batch is dropped with
-    `retries_exhausted`; 0 means none, -1 retries forever."""
+    """Retries after the first attempt before a batch that keeps failing
+    transiently is dropped with `retries_exhausted`; 0 means none, -1 retries
+    forever. A permanent failure is not retried: its bad items are rejected."""
 
     on_drop: Callable[[T, DropReason], object] | None = None
     """Called once for each dropped item, outside any lock, with the reason.
@@ -439,9 +443,6 @@ class Config(Generic[T]):
                 msg = f"{field} must be callable or None, got {value!r}"
                 raise ConfigError(msg)
         self._check_journal()
-        if self.journal is not None and self.lanes > 1:
-            msg = "journal= runs with one lane for now: pass lanes=1 or no journal"
-            raise ConfigError(msg)
         clock = self.clock
         if clock is not None and not (
             callable(getattr(clock, "now", None))

@@ -1,21 +1,23 @@
 """The exceptions wbactor raises.
 
-The tree::
+The tree:
 
-    WriteBehindError
-    ├── ConfigError (also ValueError)
-    │   ├── CapacityRequiredError
-    │   ├── FlusherRequiredError
-    │   └── CoalesceNeedsKeyError
-    ├── QueueClosedError (also pykka.ActorDeadError)
-    ├── PushTimeoutError (also TimeoutError)
-    ├── PermanentError        raised by a flusher: this data will never be written
-    ├── RetryAfter            raised by a flusher: retry after `seconds`
-    ├── PartialFailure        raised by a flusher: these items failed, the rest
-    │                         were written
-    ├── WorkerDiedError       a flusher's worker process died (`flusher_process`)
-    └── RemoteError           a worker's flusher raised an exception that does
-                              not pickle: its type name and message
+```text
+WriteBehindError
+├── ConfigError (also ValueError)
+│   ├── CapacityRequiredError
+│   ├── FlusherRequiredError
+│   └── CoalesceNeedsKeyError
+├── QueueClosedError (also pykka.ActorDeadError)
+├── PushTimeoutError (also TimeoutError)
+├── PermanentError        raised by a flusher: this data will never be written
+├── RetryAfter            raised by a flusher: retry after `seconds`
+├── PartialFailure        raised by a flusher: these items failed, the rest
+│                         were written
+├── WorkerDiedError       a flusher's worker process died (`flusher_process`)
+└── RemoteError           a worker's flusher raised an exception that does
+                          not pickle: its type name and message
+```
 
 Outside that tree, as they are not raised to callers: `FlushTimeoutError` and
 `FlusherDiedError`, the `error` of a failed attempt's log line when the

@@ -1,8 +1,9 @@
 """Failures by kind: `Failure`, `default_classify`, and how a failure is read.
 
 A failed flush attempt is either TRANSIENT (the store could not take the
-batch now: retry it with backoff, as in Part 1) or PERMANENT (the data will
-never be written: isolate the culprits by bisection and reject just them).
+batch now: retry it with backoff on a fresh flusher) or PERMANENT (the data
+will never be written: isolate the culprits by bisection and reject just
+them).
 `Config.classify` decides, from the exception; `default_classify` is used
 when it is None.
 """

@@ -12,13 +12,15 @@ escapes into pykka, which would stop every actor in the process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import time
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from collections import deque
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import pykka
 
-from wbactor._errors import WorkerDiedError
+from wbactor._errors import PartialFailure, WorkerDiedError
 from wbactor._failures import Failure, read_failure
 from wbactor._log import (
     BATCH_FLUSHED,
@@ -63,18 +65,90 @@ def as_flush_function(flusher: FlusherLike[T]) -> Callable[[list[T]], object]:
     return flusher  # type: ignore[return-value]
 
 
-def close_flusher(flusher: object, log: QueueLog) -> None:
-    """Call the flusher's `close()`, if it has one; log what it raises."""
+def close_flusher(
+    flusher: object, log: QueueLog, loop: asyncio.AbstractEventLoop | None = None
+) -> None:
+    """Call the flusher's `close()`, if it has one; log what it raises.
+
+    An async `close()` is run to completion on `loop` (the one its flushes
+    ran on), or else on an event loop of its own, in the calling thread.
+    """
     try:
         close = getattr(flusher, "close", None)
-        if callable(close):
-            close()
+        result = close() if callable(close) else None
+        if inspect.isawaitable(result):
+            if loop is None:
+                asyncio.run(_completed(result))
+            else:
+                loop.run_until_complete(_completed(result))
     except BaseException as error:  # noqa: BLE001 - in an actor: must not escape
         log.logger.warning(FLUSHER_CLOSE_FAILED, error=describe(error))
 
 
-WINDOW = 8
-"""Most batches handed to a flusher with `flush_many` (a worker process) at once."""
+WINDOW_ITEMS = 32_768
+"""Items handed to a worker process at once, in whole batches: a window."""
+
+WINDOW_BATCHES = (8, 64)
+"""The fewest and most batches a window holds, whatever the batch size.
+
+At most 64: a hung worker is found `flush_timeout` per batch of the oldest
+window after it started, so a longer window would find it later still."""
+
+
+def window_batches(batch_size: int) -> int:
+    """Return the batches in a window of `batch_size`-item batches."""
+    fewest, most = WINDOW_BATCHES
+    return max(fewest, min(most, WINDOW_ITEMS // max(1, batch_size)))
+
+
+class _Windows(Protocol[T]):
+    """Windows of batches handed to a flusher, written in order (`ProcessFlusher`)."""
+
+    depth: int
+    """How many windows may be out at once."""
+
+    def submit(self, batches: list[list[T]]) -> int: ...
+    def collect(self) -> tuple[int, BaseException | None]: ...
+
+
+class _Pipelined(Generic[T]):
+    """A flusher with `submit` and `collect`: two windows out, one queued at it."""
+
+    depth = 2
+
+    def __init__(self, flusher: Any) -> None:
+        self.submit: Callable[[list[list[T]]], int] = flusher.submit
+        self.collect: Callable[[], tuple[int, BaseException | None]] = flusher.collect
+
+
+class _OneAtATime(Generic[T]):
+    """A flusher with only `flush_many(batches) -> (written, error)`: one window."""
+
+    depth = 1
+
+    def __init__(
+        self, flush_many: Callable[[list[list[T]]], tuple[int, BaseException | None]]
+    ) -> None:
+        self._flush_many = flush_many
+        self._window: list[list[T]] = []
+
+    def submit(self, batches: list[list[T]]) -> int:
+        self._window = batches
+        return len(batches)
+
+    def collect(self) -> tuple[int, BaseException | None]:
+        window, self._window = self._window, []
+        return self._flush_many(window)
+
+
+def _windows(flusher: object) -> _Windows[Any] | None:
+    """How to hand `flusher` windows of batches, if it takes them."""
+    if callable(getattr(flusher, "submit", None)) and callable(
+        getattr(flusher, "collect", None)
+    ):
+        return _Pipelined(flusher)
+    flush_many = getattr(flusher, "flush_many", None)
+    return _OneAtATime(flush_many) if callable(flush_many) else None
 
 
 class FlusherActor(pykka.ThreadingActor, Generic[T]):
@@ -104,12 +178,9 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         self._flusher = flusher
         self._flush = as_flush_function(flusher)
         # A flusher that takes several batches in one call (a worker process:
-        # one hand-off costs the parent up to a GIL switch interval) gets a
-        # window of them: flush_many(batches) -> (batches written, error).
-        flush_many = getattr(flusher, "flush_many", None)
-        self._flush_many: (
-            Callable[[list[list[T]]], tuple[int, BaseException | None]] | None
-        ) = flush_many if callable(flush_many) else None
+        # one hand-off costs the parent up to a GIL switch interval) gets
+        # windows of them, the next sent while it writes one.
+        self._windows = _windows(flusher)
         self._batch_size = batch_size
         self._epoch = epoch
         self._attempts = ledger.lanes[lane]
@@ -138,8 +209,8 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
             self._run()
 
     def _run(self) -> None:
-        if self._flush_many is not None:
-            self._run_windows(self._flush_many)
+        if self._windows is not None:
+            self._run_windows(self._windows)
             return
         epoch, attempts, flush = self._epoch, self._attempts, self._flush
         batch: list[T] | Stale | None = attempts.start(epoch)
@@ -166,36 +237,66 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         if batch is None:  # idle: every batch settled
             tell_quietly(self._supervisor, BatchFlushed(self._epoch))
 
-    def _run_windows(
-        self, flush_many: Callable[[list[list[T]]], tuple[int, BaseException | None]]
-    ) -> None:
+    def _run_windows(self, windows: _Windows[T]) -> None:
         """Hand the batches over a window at a time, until none is left or one fails.
 
-        Batches are written in order; a failure stops the window at the
-        failed batch, whose failure is handled as any other (the batches
-        behind it come back unwritten and go again, in order).
+        Up to `windows.depth` windows are out at once, so that a worker
+        process has the next queued while it writes one. Batches are written
+        in order; a failure stops its window at the failed batch, whose
+        failure is handled as any other once every window out is back (the
+        batches behind it come back unwritten and go again, in order).
         """
         epoch, attempts = self._epoch, self._attempts
+        most = window_batches(self._batch_size)
+        out: deque[tuple[list[list[T]], float]] = deque()  # oldest first
+        held = False  # a batch would not go: collect what is out first
         while True:
-            parts = attempts.window(epoch, WINDOW, self._batch_size)
-            if isinstance(parts, Stale):
-                return
-            if not parts:
+            if len(out) < windows.depth and not held:
+                after = sum(len(parts) for parts, _ in out)
+                parts = attempts.window(epoch, most, self._batch_size, after)
+                if isinstance(parts, Stale):
+                    return
+                if parts:
+                    try:
+                        sent = windows.submit(parts)
+                    except BaseException as error:  # noqa: BLE001 - handled
+                        if out:
+                            held = True  # it is tried again, at the head
+                        elif isinstance(self._failed_with(error, parts[0]), Stale):
+                            return
+                        continue
+                    out.append((parts[:sent], time.perf_counter()))
+                    continue
+            if not out:
                 tell_quietly(self._supervisor, BatchFlushed(epoch))  # idle
                 return
-            started = time.perf_counter()
-            try:
-                done, error = flush_many(parts)
-                done = max(0, min(int(done), len(parts) - (error is not None)))
-            except BaseException as raised:  # noqa: BLE001 - every failure is handled
-                done, error = 0, raised
-            self._observe(time.perf_counter() - started)
-            if not attempts.complete_parts(epoch, done):
-                return  # retired meanwhile: not ours to count
-            if error is not None and isinstance(
-                self._failed_with(error, parts[done]), Stale
-            ):
+            if not self._collect(windows, out):
                 return
+            held = False
+
+    def _collect(
+        self, windows: _Windows[T], out: deque[tuple[list[list[T]], float]]
+    ) -> bool:
+        """Settle the oldest window out; False if this actor is done."""
+        parts, sent_at = out.popleft()
+        try:
+            done, error = windows.collect()
+            done = max(0, min(int(done), len(parts) - (error is not None)))
+        except BaseException as raised:  # noqa: BLE001 - every failure is handled
+            done, error = 0, raised
+        self._observe(time.perf_counter() - sent_at)
+        following = len(out[0][0]) if out and error is None else 0
+        if not self._attempts.complete_parts(self._epoch, done, following):
+            return False  # retired meanwhile: not ours to count
+        if error is None:
+            return True
+        # The worker skips the windows sent after the failure: they come back
+        # unwritten and stay in flight behind the failed batch, in order.
+        while out:
+            out.popleft()
+            with contextlib.suppress(BaseException):
+                windows.collect()
+        return not isinstance(self._failed_with(error, parts[done]), Stale)
 
     def _failed_with(self, error: BaseException, batch: list[T]) -> list[T] | Stale:
         """Act on a failed attempt; return what to flush next, or STALE to stop.
@@ -222,8 +323,10 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         if isolated.split is not None:
             self._log.hot().debug(BATCH_SPLIT, batch_size=len(batch), parts=2)
         if isolated.rejected:
+            # Of a PartialFailure, the error that rejected them, not the wrapper.
+            cause = error.error if isinstance(error, PartialFailure) else error
             self._log.logger.warning(
-                ITEMS_REJECTED, count=len(isolated.rejected), error=describe(error)
+                ITEMS_REJECTED, count=len(isolated.rejected), error=describe(cause)
             )
             self._drops.report(isolated.rejected, DropReason.REJECTED)
         if isolated.batch is None:
@@ -263,7 +366,7 @@ class FlusherActor(pykka.ThreadingActor, Generic[T]):
         """
         self._report_death()
         if self._owns_flusher:
-            close_flusher(self._flusher, self._log)
+            close_flusher(self._flusher, self._log, self._loop)
         if self._loop is not None:
             self._loop.close()
         self._threads.leave()

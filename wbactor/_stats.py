@@ -26,7 +26,7 @@ class DropReason(enum.StrEnum):
     """The queue was full under `Policy.DROP_NEWEST`, so this new item was refused."""
 
     RETRIES_EXHAUSTED = "retries_exhausted"
-    """The item's batch failed `max_retries + 1` times."""
+    """The item's batch failed transiently `max_retries + 1` times."""
 
     PUSH_TIMEOUT = "push_timeout"
     """A `tell(Push)` under `Policy.BLOCK` found no room within `block_timeout`."""

@@ -5,6 +5,8 @@ the supervisor retires that flusher (its epoch ends, so anything it reports
 later is ignored), and after `retry_backoff(attempt)` on the timer
 starts a fresh one (from `flusher_factory`, when given) on the same batch.
 After `max_retries` retries the batch is dropped with `retries_exhausted`.
+That is for a TRANSIENT failure; a PERMANENT one restarts nothing and splits
+the batch instead (`_attempts`).
 """
 
 from __future__ import annotations

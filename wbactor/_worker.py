@@ -18,14 +18,23 @@ on its own when its pipe to the parent closes or the parent process dies,
 also in the middle of a flush.
 
 The conversation over the pipe, each message one `send_bytes` of a pickled
-tuple::
+tuple:
 
-    worker -> parent  (READY,) | (FAILED, error, loading)  once, at start-up
-    parent -> worker  (FLUSH, batch)                  -> (OK,) | (ERROR, error)
-    parent -> worker  (FLUSH_MANY, [pickled batch])   -> (DONE, written, error)
-    parent -> worker  (CLOSE,)                        the worker closes, exits
+```text
+worker -> parent  (READY,) | (FAILED, error, loading)  once, at start-up
+parent -> worker  (FLUSH, batch)                  -> (OK,) | (ERROR, error)
+parent -> worker  (FLUSH_MANY, [pickled batch])   -> (DONE, written, error)
+parent -> worker  (RESUME,)                       no reply
+parent -> worker  (CLOSE,)                        the worker closes, exits
+```
 
 where `error` is `(pickled exception or None, type name, message)`.
+
+A window (`FLUSH_MANY`) may be sent while the worker still writes the one
+before it, so that the worker always has one queued (`submit`, `collect`).
+Once a batch of a window fails, the worker skips every window after it,
+answering `(DONE, 0, None)`, until the parent, which has collected them all,
+sends `RESUME`: the batches behind a failure are never written before it.
 """
 
 from __future__ import annotations
@@ -73,12 +82,18 @@ PROTOCOL: Final = 5
 """The pickle protocol of everything sent to or from a worker."""
 
 # Message tags: small ints pickle in one byte.
-_READY, _FAILED, _FLUSH, _FLUSH_MANY, _CLOSE, _OK, _ERROR, _DONE = range(8)
+_READY, _FAILED, _FLUSH, _FLUSH_MANY, _CLOSE, _OK, _ERROR, _DONE, _RESUME = range(9)
 
 _OK_REPLY: Final = pickle.dumps((_OK,), protocol=PROTOCOL)
 """A successful flush's reply, compared as bytes: no unpickling on success."""
 
 _CLOSE_REQUEST: Final = pickle.dumps((_CLOSE,), protocol=PROTOCOL)
+_RESUME_REQUEST: Final = pickle.dumps((_RESUME,), protocol=PROTOCOL)
+
+_MOST_ERROR: Final = 16_384
+"""Bytes a pickled exception may take in a reply, and characters its message:
+while the parent sends a window, the worker's reply must fit the pipe's
+buffer, or each would wait for the other to read."""
 
 _REAP_WAIT: Final = 1.0
 """Seconds a `flush` that lost its worker waits for it to exit, to report the
@@ -204,7 +219,8 @@ class ProcessFlusher(Generic[T]):
     batch pickled and returns or raises as the worker's flusher did. A
     restart makes a new `ProcessFlusher`, and so a new worker with a new pid.
 
-    `flush`, `flush_many` and `close` are called from one thread at a time
+    `flush`, `flush_many`, `submit`, `collect` and `close` are called from
+    one thread at a time
     (the flusher actor's); `kill` from any thread, at any time.
 
     Args:
@@ -231,6 +247,8 @@ class ProcessFlusher(Generic[T]):
         self._lock = threading.Lock()  # reaping: waitpid from one thread at a time
         self._closed = False  # close() or kill() was called: no more flushes
         self._killed = False  # kill() found it alive: a death on purpose
+        self._out = 0  # windows sent and not collected yet
+        self._resume = False  # a window failed: the worker skips until RESUME
         context = multiprocessing.get_context("spawn")
         conn, child_conn = context.Pipe(duplex=True)
         self._conn: Connection = conn
@@ -308,7 +326,8 @@ class ProcessFlusher(Generic[T]):
         """Write `batches` in the worker, in order, in one hand-off.
 
         The worker flushes them one after the other and stops at the first
-        that fails.
+        that fails. `submit` and `collect` in one call; no other window may
+        be out.
 
         Returns:
             How many batches were written (the first ones, in order), and the
@@ -327,31 +346,87 @@ class ProcessFlusher(Generic[T]):
         """
         if not batches:
             return 0, None
-        blobs: list[bytes] = []
-        unpicklable: BaseException | None = None
-        for index, batch in enumerate(batches):
-            try:
-                blobs.append(pickle.dumps(batch, protocol=PROTOCOL))
-            except Exception as error:  # noqa: BLE001 - any failure to pickle
-                unpicklable = _not_picklable(batch, error, f"batch {index}, ")
-                unpicklable.__cause__ = error
-                break
-        if not blobs:
-            assert unpicklable is not None  # noqa: S101 - the first one failed
-            raise unpicklable
-        payload = pickle.dumps((_FLUSH_MANY, blobs), protocol=PROTOCOL)
-        reply = self._exchange(payload, f"while flushing {len(blobs)} batches")
+        blobs, unpicklable = _pickle_window(batches)
+        self._send_window(blobs)
+        written, error = self.collect()
+        return written, error if error is not None else unpicklable
+
+    def submit(self, batches: list[list[T]]) -> int:
+        """Send `batches` (not empty) as one window, behind the windows still out.
+
+        Returns at once, or as soon as the pipe has room: the worker writes
+        the windows in the order sent; `collect` gets their outcomes, oldest
+        first. After a window failed, every window out must be collected
+        before the next is sent (they come back unwritten).
+
+        Returns:
+            How many of `batches` were sent: all but those from the first that
+            does not pickle (which the next window then starts with).
+
+        Raises:
+            pickle.PicklingError: The first batch does not pickle; nothing
+                was sent.
+            WorkerDiedError: The worker is gone.
+        """
+        blobs, _ = _pickle_window(batches)
+        self._send_window(blobs)
+        return len(blobs)
+
+    def collect(self) -> tuple[int, BaseException | None]:
+        """Wait for the outcome of the oldest window out.
+
+        Returns:
+            How many of its batches were written (the first ones, in order),
+            and the error of the first that failed (None if none did). A
+            window sent after one that failed comes back as `(0, None)`.
+
+        Raises:
+            WorkerDiedError: The worker died (or was killed) before it
+                answered; count none of the window as written.
+        """
+        if self._out <= 0:
+            msg = "no window is out"
+            raise RuntimeError(msg)
+        self._out -= 1
+        reply = self._receive(f"while flushing a window ({self._out} more out)")
         _, written, failed = pickle.loads(reply)  # noqa: S301 - our worker's reply
-        if failed is not None:
-            return written, _decode(failed)
-        return written, unpicklable
+        if failed is None:
+            return written, None
+        self._resume = True  # the worker skips windows until told to resume
+        return written, _decode(failed)
+
+    def _send_window(self, blobs: list[bytes]) -> None:
+        if self._resume:
+            if self._out:
+                msg = "collect every window out after a failure before sending one"
+                raise RuntimeError(msg)
+            self._send(_RESUME_REQUEST, "while resuming")
+            self._resume = False
+        payload = pickle.dumps((_FLUSH_MANY, blobs), protocol=PROTOCOL)
+        self._send(payload, f"while sending {len(blobs)} batches")
+        self._out += 1
 
     def _exchange(self, payload: bytes, doing: str) -> bytes:
         """Send a request; return the worker's reply."""
+        self._send(payload, doing)
+        return self._receive(doing)
+
+    def _send(self, payload: bytes, doing: str) -> None:
         if self._closed:
             raise self._death(doing)
         try:
             self._conn.send_bytes(payload)
+        except (EOFError, OSError):
+            raise self._death(doing) from None
+        except BaseException:
+            # Cut off mid-message: the worker is of no use any more.
+            self._discard()
+            raise
+
+    def _receive(self, doing: str) -> bytes:
+        if self._closed:
+            raise self._death(doing)
+        try:
             return self._conn.recv_bytes()
         except (EOFError, OSError):
             raise self._death(doing) from None
@@ -448,6 +523,27 @@ class ProcessFlusher(Generic[T]):
         finally:
             self.kill()
             self._conn.close()
+
+
+def _pickle_window(
+    batches: list[list[Any]],
+) -> tuple[list[bytes], pickle.PicklingError | None]:
+    """Pickle `batches` up to the first that does not; return them, and its error.
+
+    Raises:
+        pickle.PicklingError: The first batch does not pickle.
+    """
+    blobs: list[bytes] = []
+    for index, batch in enumerate(batches):
+        try:
+            blobs.append(pickle.dumps(batch, protocol=PROTOCOL))
+        except Exception as error:
+            unpicklable = _not_picklable(batch, error, f"batch {index}, ")
+            unpicklable.__cause__ = error
+            if not blobs:
+                raise unpicklable from error
+            return blobs, unpicklable
+    return blobs, None
 
 
 def _not_picklable(
@@ -565,9 +661,11 @@ def _converse(conn: Connection, factory_blob: bytes) -> None:
             conn.send_bytes(_reply((_ERROR, _encode(_unpicklable(error)))))
             continue
         if message[0] == _CLOSE:
-            _close(flusher)
+            worker.close(flusher)
             return
-        conn.send_bytes(worker.handle(message))
+        reply = worker.handle(message)
+        if reply is not None:
+            conn.send_bytes(reply)
 
 
 def _exit_with_parent() -> None:
@@ -596,20 +694,27 @@ class _Worker:
     def __init__(self, flush: Callable[[list[Any]], object]) -> None:
         self._flush = flush
         self._loop: asyncio.AbstractEventLoop | None = None  # for async flushers
+        self._skipping = False  # a window failed: skip windows until RESUME
 
-    def handle(self, message: tuple[Any, ...]) -> bytes:
-        """Carry out a `_FLUSH` or `_FLUSH_MANY` request; return the reply."""
+    def handle(self, message: tuple[Any, ...]) -> bytes | None:
+        """Carry out a request; return the reply, if it has one."""
+        if message[0] == _RESUME:
+            self._skipping = False
+            return None
         if message[0] == _FLUSH:
             try:
                 self._run(message[1])
             except BaseException as error:  # noqa: BLE001 - reported to the parent
                 return _reply((_ERROR, _encode(error)))
             return _OK_REPLY
+        if self._skipping:  # sent before the parent knew of the failure
+            return _reply((_DONE, 0, None))
         written = 0
         for blob in message[1]:
             try:
                 self._run(_unpickle_batch(blob))
             except BaseException as error:  # noqa: BLE001 - reported to the parent
+                self._skipping = True
                 return _reply((_DONE, written, _encode(error)))
             written += 1
         return _reply((_DONE, written, None))
@@ -618,6 +723,16 @@ class _Worker:
         result = self._flush(batch)
         if inspect.isawaitable(result):
             self._await(result)
+
+    def close(self, flusher: object) -> None:
+        """Close the flusher: an async `close()` on the loop its flushes ran on."""
+        try:
+            close = getattr(flusher, "close", None)
+            result = close() if callable(close) else None
+            if inspect.isawaitable(result):
+                self._await(result)
+        except BaseException:  # noqa: BLE001, S110 - the worker exits anyway
+            pass
 
     def _await(self, awaitable: Awaitable[object]) -> None:
         """Run an async flush on this worker's own event loop (one for its life)."""
@@ -651,37 +766,68 @@ def _unpicklable(error: Exception) -> pickle.PicklingError:
     return pickle.PicklingError(msg)
 
 
-def _close(flusher: object) -> None:
-    """Call the flusher's `close()`, if it has one; what it raises is dropped."""
-    try:
-        close = getattr(flusher, "close", None)
-        if callable(close):
-            close()
-    except BaseException:  # noqa: BLE001, S110 - the worker exits anyway
-        pass
-
-
 def _reply(message: tuple[Any, ...]) -> bytes:
     return pickle.dumps(message, protocol=PROTOCOL)
 
 
 def _encode(error: BaseException) -> _ErrorPayload:
     """Put an exception on the wire: pickled if it round-trips, always named."""
-    type_name, message = _type_name(error), _message(error)
+    type_name, message = _type_name(error), _message(error)[:_MOST_ERROR]
     blob = _round_trip(error)
     if blob is None and isinstance(error, PartialFailure):
-        # Keep the partial success: only its inner error is replaced.
-        inner = error.error
-        stand_in = RemoteError(_type_name(inner), _message(inner))
-        blob = _round_trip(PartialFailure(error.failed, stand_in))
+        blob = _packed_partial(error)
     return blob, type_name, message
 
 
-def _round_trip(error: BaseException) -> bytes | None:
+def _packed_partial(error: PartialFailure) -> bytes | None:
+    """A `PartialFailure` too big for a reply, or whose error does not pickle.
+
+    Its partial success is kept: the indices go as a bitmap (at most 8 kB:
+    indices below 65,536), and an error that does not pickle, or is too
+    big, as a `RemoteError` of its type and its first 1,024 characters (at
+    most 4 kB), so that the whole stays within `_MOST_ERROR`.
+    """
+    inner = error.error
+    pickled = _round_trip(inner)
+    if pickled is None or len(pickled) > _MOST_ERROR // 4:
+        inner = RemoteError(_type_name(inner), _message(inner)[:1024])
+    failed = error.failed
+    if failed and (min(failed) < 0 or max(failed) >= _MOST_ERROR * 4):
+        # Negative (a flusher bug) or past what the bitmap holds: as it is.
+        return _round_trip(PartialFailure(failed, inner))
+    bits = bytearray((max(failed, default=0) >> 3) + 1)
+    for index in failed:
+        bits[index >> 3] |= 1 << (index & 7)
+    return _round_trip(_PackedPartial(bytes(bits), inner))
+
+
+class _PackedPartial:
+    """Pickles as the `PartialFailure` it stands for (`_packed_partial`)."""
+
+    def __init__(self, bits: bytes, error: BaseException) -> None:
+        self.bits, self.error = bits, error
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_unpacked_partial, (self.bits, self.error))
+
+
+def _unpacked_partial(bits: bytes, error: BaseException) -> PartialFailure:
+    """The `PartialFailure` whose failed indices `bits` holds, in order."""
+    failed = [
+        8 * at + bit
+        for at, byte in enumerate(bits)
+        if byte
+        for bit in range(8)
+        if byte >> bit & 1
+    ]
+    return PartialFailure(failed, error)
+
+
+def _round_trip(error: object) -> bytes | None:
     """Return `error` pickled, if it also unpickles (here: its class is importable)."""
     try:
         blob = pickle.dumps(error, protocol=PROTOCOL)
         pickle.loads(blob)  # noqa: S301 - our own bytes
     except BaseException:  # noqa: BLE001 - a hostile or unpicklable exception
         return None
-    return blob
+    return blob if len(blob) <= _MOST_ERROR else None
