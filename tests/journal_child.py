@@ -1,10 +1,11 @@
 """A process for tests/test_journal.py to SIGKILL: pushes, commits, says READY.
 
-Usage: journal_child.py PATH COUNT MODE [POLICY [CAPACITY [WRITTEN]]]
+Usage: journal_child.py PATH COUNT MODE [POLICY [CAPACITY [WRITTEN [LANES [ROUTE]]]]]
 
 MODE `hang`: the flusher blocks for good, so nothing is flushed; `write`: it
-appends each item, one line each, to the file WRITTEN as it flushes. Items
-are ints (or `(key, n)` pairs under coalesce_by_key: keys `n % 10`). After
+appends each item, one line each, to the file WRITTEN as it flushes (`-`:
+none). Items are ints (or `(key, n)` pairs under coalesce_by_key: keys
+`n % 10`). LANES flushers; ROUTE `key` routes ints by `n % 10` too. After
 the pushes the child commits the journal, prints `READY` and its Stats as
 JSON, then waits for its end.
 """
@@ -28,7 +29,9 @@ def main() -> None:
     path, count, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
     policy = wbactor.Policy(sys.argv[4]) if len(sys.argv) > 4 else None
     capacity = int(sys.argv[5]) if len(sys.argv) > 5 else 100_000
-    written = sys.argv[6] if len(sys.argv) > 6 else None
+    written = sys.argv[6] if len(sys.argv) > 6 and sys.argv[6] != "-" else None
+    lanes = int(sys.argv[7]) if len(sys.argv) > 7 else 1
+    by_key = len(sys.argv) > 8 and sys.argv[8] == "key"
     forever = threading.Event()
     out = os.open(written, os.O_WRONLY | os.O_CREAT | os.O_APPEND) if written else -1
 
@@ -38,6 +41,7 @@ def main() -> None:
         os.write(out, "".join(f"{json.dumps(i)}\n" for i in batch).encode())
 
     keyed = policy is wbactor.Policy.COALESCE_BY_KEY
+    key_func = (lambda item: item[0]) if keyed else (lambda n: n % 10)
     wb = wbactor.start(
         wbactor.Config(
             capacity=capacity,
@@ -45,8 +49,9 @@ def main() -> None:
             batch_size=10,
             flush_interval=0.01,
             policy=policy or wbactor.Policy.DROP_OLDEST,
-            key_func=(lambda item: item[0]) if keyed else None,
+            key_func=key_func if keyed or by_key else None,
             journal=path,
+            lanes=lanes,
         )
     )
     for n in range(count):

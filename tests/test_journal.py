@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pathlib
 import pickle
 import signal
@@ -556,3 +557,269 @@ def test_a_journal_composes_with_a_flusher_process(
     assert (final.flushed, final.journaled) == (95, 0)
     assert [i for _, batch in batches(log) for i in batch] == list(range(95))
     assert rows(path) == 0
+
+
+# -- lanes ------------------------------------------------------------------
+
+
+def tens(n: int) -> int:
+    """A `key_func` routing ints by their last digit."""
+    return n % 10
+
+
+def by_key(items: list[int]) -> dict[int, list[int]]:
+    """Group ints by their last digit, in the order given."""
+    groups: dict[int, list[int]] = {}
+    for n in items:
+        groups.setdefault(n % 10, []).append(n)
+    return groups
+
+
+@pytest.mark.parametrize("again", [1, 2, 4])
+def test_sigkill_with_routed_lanes_brings_every_item_back_in_key_order(
+    path: pathlib.Path, again: int
+) -> None:
+    child = Child(path, 500, "hang", "drop_oldest", 100_000, "-", 4, "key")
+    assert child.stats["pushed"] == 500
+    assert child.stats["in_flight"] == 40  # a batch in each of the four lanes
+    child.kill()
+    # Started with another number of lanes, the items are routed anew.
+    items, final = restart(path, lanes=again, key_func=tens)
+    assert sorted(items) == list(range(500))
+    assert by_key(items) == by_key(list(range(500)))
+    assert (final.recovered, final.flushed) == (500, 500)
+
+
+def test_sigkill_with_lanes_on_one_queue_brings_every_item_back_in_order(
+    path: pathlib.Path,
+) -> None:
+    child = Child(path, 500, "hang", "drop_oldest", 100_000, "-", 3)
+    assert child.stats["in_flight"] == 30  # each lane took a batch of the queue
+    child.kill()
+    items, final = restart(path)
+    assert items == list(range(500))
+    assert final.recovered == 500
+
+
+def test_sigkill_with_coalescing_lanes_keeps_each_keys_last_version(
+    path: pathlib.Path,
+) -> None:
+    child = Child(path, 200, "hang", "coalesce_by_key", 100_000, "-", 2)
+    stats = child.stats
+    child.kill()
+    policy = wbactor.Policy.COALESCE_BY_KEY
+    items, final = restart(path, policy=policy, key_func=first, lanes=2)
+    assert final.recovered == stats["in_flight"] + stats["depth"]
+    assert sorted(items) == sorted((n % 10, n) for n in range(190, 200))
+
+
+@pytest.mark.parametrize("keyed", [True, False])
+def test_stop_with_a_timeout_leaves_every_lane_in_the_journal(
+    path: pathlib.Path, gated: Gate, keyed: bool
+) -> None:
+    key_func = tens if keyed else None
+    wb = wbactor.start(config(path, gated, lanes=3, key_func=key_func))
+    wb.ref.tell(wbactor.PushMany(range(95)))
+    gated.wait_for_attempts(3)
+    commit(wb)
+    assert sorted(peek(str(path))) == list(range(95))
+    final = wb.stop(timeout=0.2)
+    assert final.journaled == 95
+    assert final.dropped == {}
+    assert conserved(final)
+    gated.release()
+    items, again = restart(path, key_func=key_func)
+    assert sorted(items) == list(range(95))
+    assert by_key(items) == by_key(list(range(95)))
+    assert again.recovered == 95
+
+
+def test_routed_lanes_journal_flushes_drops_and_replacements(
+    path: pathlib.Path, gated: Gate
+) -> None:
+    policy = wbactor.Policy.COALESCE_BY_KEY
+    cfg = config(
+        path, gated, lanes=2, policy=policy, key_func=first, batch_size=2, capacity=6
+    )
+    wb = wbactor.start(cfg)
+    keys = [f"k{n}" for n in range(8)]
+    wb.ref.tell(wbactor.PushMany([(k, 1) for k in keys]))
+    commit(wb)
+    journaled = set(peek(str(path)))
+    stats = wb.stats()
+    # What a crash now would bring back: exactly what is in flight or queued.
+    assert len(journaled) == stats.in_flight + stats.depth
+    assert stats.dropped.get(wbactor.DropReason.DROP_OLDEST, 0) == 8 - len(journaled)
+    wb.ref.tell(wbactor.PushMany([(k, 2) for k, _ in journaled]))  # replace in place
+    commit(wb)
+    now = set(peek(str(path)))
+    flying = {item for batch in gated.seen for item in batch}
+    # A queued version is replaced in the journal; one in flight stays beside it.
+    assert {(k, 2) for k, _ in journaled} <= now
+    assert now - {(k, 2) for k, _ in journaled} == flying
+    gated.release()
+    wb.flush(WAIT)
+    commit(wb)
+    assert peek(str(path)) == []
+    assert conserved(wb.stop(WAIT))
+    assert rows(path) == 0
+
+
+def test_a_key_func_without_coalescing_journals_the_queue_itself(
+    path: pathlib.Path, gated: Gate
+) -> None:
+    # One lane, DROP_OLDEST and a key_func: the items are in the queue, not
+    # in a key index (a crash once recovered nothing here).
+    wb = wbactor.start(config(path, gated, key_func=tens, batch_size=5))
+    wb.ref.tell(wbactor.PushMany(range(12)))
+    gated.wait_for_attempts(1)
+    commit(wb)
+    assert peek(str(path)) == list(range(12))
+    final = wb.stop(timeout=0.1)
+    assert final.journaled == 12
+    gated.release()
+    items, again = restart(path, key_func=tens)
+    assert items == list(range(12))
+    assert (again.recovered, again.pushed) == (12, 0)
+
+
+def lane_of(item: object) -> int:
+    """Route ints by parity; a command string (a flake) to lane 0."""
+    return item % 2 if isinstance(item, int) else 0
+
+
+def test_a_journal_follows_two_windows_out_per_lane_through_a_failure(
+    path: pathlib.Path, tmp_path: pathlib.Path
+) -> None:
+    import functools  # noqa: PLC0415
+
+    from process_flushers import Scripted, batches  # noqa: PLC0415
+
+    from wbactor._flusher import window_batches  # noqa: PLC0415
+
+    log, size = tmp_path / "log", 4096
+    total = 2 * 2 * window_batches(size) * size + 3  # two windows a lane, and more
+    items: list[Any] = list(range(total))
+    items.insert(3 * size, f"flake:{tmp_path / 'flaked'}")  # lane 0, window 1
+    cfg = wbactor.Config(
+        capacity=200_000,
+        flusher_factory=functools.partial(Scripted, str(log)),
+        flusher_process=True,
+        batch_size=size,
+        lanes=2,
+        key_func=lane_of,
+        retry_backoff=lambda attempt: 0.0,
+        journal=path,
+    )
+    wb = wbactor.start(cfg)
+    wb.ref.tell(wbactor.PushMany(items))
+    commit(wb)
+    wb.flush(WAIT)
+    final = wb.stop(WAIT)
+    assert (final.flushed, final.journaled, final.retries) == (total + 1, 0, 1)
+    assert rows(path) == 0
+    written = [i for _, batch in batches(log) for i in batch]
+    assert sorted(written) == list(range(total))
+    for lane in (0, 1):
+        mine = [i for i in written if i % 2 == lane]
+        assert mine == list(range(lane, total, 2))  # each lane in push order
+
+
+class Partly(RecordingFlusher[Any]):
+    """Writes a batch but its items named in `failing`, then raises PartialFailure.
+
+    An item fails with `failing[item]` each time it is given, until the list
+    of errors for it runs out.
+    """
+
+    def __init__(self, failing: dict[Any, list[BaseException]]) -> None:
+        super().__init__()
+        self.failing = failing
+
+    def flush(self, batch: list[Any]) -> None:
+        bad = [i for i, item in enumerate(batch) if self.failing.get(item)]
+        errors = [self.failing[batch[i]].pop(0) for i in bad]
+        super().flush([item for i, item in enumerate(batch) if i not in bad])
+        if bad:
+            raise wbactor.PartialFailure(bad, errors[0])
+
+
+def test_items_a_partial_failure_rejects_leave_the_journal_with_the_written_ones(
+    path: pathlib.Path,
+) -> None:
+    refused = wbactor.PermanentError("CHECK violation")
+    flusher = Partly({"bad3": [refused], "bad7": [refused]})
+    wb = wbactor.start(config(path, flusher))
+    items = [f"bad{i}" if i in (3, 7) else i for i in range(10)]
+    wb.ref.tell(wbactor.PushMany(items))
+    wb.flush(WAIT)
+    commit(wb)
+    assert peek(str(path)) == []  # neither the written nor the rejected come back
+    final = wb.stop(WAIT)
+    assert flusher.items == [i for i in items if isinstance(i, int)]
+    assert final.dropped == {wbactor.DropReason.REJECTED: 2}
+    assert (final.flushed, final.journaled) == (8, 0)
+    assert conserved(final)
+    assert restart(path)[0] == []
+
+
+def test_an_item_a_partial_failure_retries_stays_journaled_until_written(
+    path: pathlib.Path,
+) -> None:
+    flusher = Partly({"flaky": [TimeoutError("the store timed out")]})
+    clock = ManualClock()
+    wb = wbactor.start(config(path, flusher, clock=clock))
+    wb.ref.tell(wbactor.PushMany([0, 1, "flaky", 3, 4, 5, 6, 7, 8, 9]))
+    first_retry = wb.wait_for(lambda s: s.retries == 1, WAIT)
+    assert (first_retry.flushed, first_retry.in_flight) == (9, 1)
+    commit(wb)
+    assert peek(str(path)) == ["flaky"]  # the written nine are gone from it
+    final = wb.stop(timeout=0.2)  # the retry waits on the manual clock
+    assert (final.journaled, final.flushed, final.dropped) == (1, 9, {})
+    assert conserved(final)
+    items, again = restart(path)
+    assert items == ["flaky"]
+    assert again.recovered == 1
+
+
+_FORKED_CHILD_OUTLIVES = """
+import os, sys, warnings
+import wbactor
+
+warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: known
+path = sys.argv[1]
+flushed = []
+wb = wbactor.start(wbactor.Config(capacity=100, flusher=flushed.extend, journal=path))
+wb.push(1)
+wb.flush(5.0)
+hold, release = os.pipe()
+child = os.fork()
+if child == 0:  # outlives the parent's queue, holding what fork gave it
+    os.read(hold, 1)
+    os._exit(0)
+wb.stop(5.0)
+try:
+    again = wbactor.start(
+        wbactor.Config(capacity=100, flusher=flushed.extend, journal=path)
+    )
+    again.stop(5.0)
+    print("restarted")
+except wbactor.ConfigError as error:
+    print("refused:", error)
+finally:
+    os.write(release, b"x")
+    os.waitpid(child, 0)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_does_not_keep_the_journal_locked(path: pathlib.Path) -> None:
+    run = subprocess.run(  # noqa: S603 - our own script
+        [sys.executable, "-c", _FORKED_CHILD_OUTLIVES, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.splitlines()[-1] == "restarted", run.stdout

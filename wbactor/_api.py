@@ -344,6 +344,8 @@ class WriteBehind(Generic[T]):
         """Refuse everything from now on: this is a child forked from `parent`."""
         self._ledger.after_fork_in_child(parent)
         self._run.threads.forget()
+        if self._run.journal is not None:
+            self._run.journal.forget_in_child()
         self._stop_lock = threading.RLock()
 
     def _wait_reported(self, timeout: float) -> bool:

@@ -25,8 +25,8 @@ on the few records it needs (the positions of the batch in flight, the lowest
 tail a DROP_NEWEST eviction rewound to, the keys replaced in place), which
 cost nothing while no journal is on. Recovered items enter first
 (`recover()`), counted in `recovered`; what `stop(timeout)` leaves goes to
-the journal (`leave_to_journal()`), counted in `journaled`. A journal runs
-with one lane.
+the journal (`leave_to_journal()`), counted in `journaled`. A journal
+follows each queue's positions on its own (its lane in the file).
 
 Nothing counts items as they are appended: `tail` is `head + len`, and
 `pushed` follows from it. So admission may `append` to `items` without the
@@ -367,6 +367,8 @@ class PolicyBuffer(Generic[T]):
             if key in by_key:
                 by_key[key] = item
                 self.coalesced += 1
+                if self.replaced is not None:
+                    self.replaced.add(key)
                 return []
             by_key[key] = item
             position = queue.head + len(by_key) - 1
@@ -504,14 +506,14 @@ class PolicyBuffer(Generic[T]):
 
     # -- journal ----------------------------------------------------------
 
-    @property
-    def flight_pos(self) -> list[int] | None:
-        """Positions of lane 0's items in flight, in order (journal on), or None."""
-        return self._flight.positions
+    def queue_index(self, flight: Flight[T]) -> int:
+        """Return the index in `queues` of the queue `flight` takes from."""
+        return flight.index if self.routed else 0
 
     def track_journal(self) -> None:
         """Keep what a journal needs: flight positions, rewinds, replaced keys."""
-        self._flight.positions = []
+        for flight in self.flights:
+            flight.positions = []
         if self._keyed:
             self.replaced = set()
 
@@ -523,13 +525,17 @@ class PolicyBuffer(Generic[T]):
     def recover(self, items: list[T], keys: list[Hashable] | None = None) -> None:
         """Queue items recovered from a journal first, whatever `capacity` says.
 
-        They count in `recovered`, not in `pushed`; a repeated key replaces
-        the earlier item (counted in `coalesced`). Until the queue is below
-        `capacity` again, new pushes meet the policy as if it were full.
+        `keys` (one per item) are needed for COALESCE_BY_KEY and for a routed
+        buffer, which queues each item in lane `hash(key) % lanes`. They count
+        in `recovered`, not in `pushed`; a repeated key replaces the earlier
+        item (counted in `coalesced`). Until the queue is below `capacity`
+        again, new pushes meet the policy as if it were full.
         """
         self.recovered += len(items)
         if keys is None:
             self._items.extend(items)
+        elif self.routed:
+            self._recover_routed(items, keys)
         else:
             by_key = self._by_key
             for key, item in zip(keys, items, strict=True):
@@ -538,36 +544,59 @@ class PolicyBuffer(Generic[T]):
                 by_key[key] = item
         self.capacity = max(self.base_capacity, len(self))
 
+    def _recover_routed(self, items: list[T], keys: list[Hashable]) -> None:
+        queues, lanes, order = self.queues, len(self.queues), self._order
+        track = self.policy is Policy.DROP_OLDEST or self._keyed
+        for key, item in zip(keys, items, strict=True):
+            lane = hash(key) % lanes
+            queue = queues[lane]
+            if self._keyed:
+                if key in queue.by_key:
+                    self.coalesced += 1
+                    queue.by_key[key] = item
+                    continue
+                queue.by_key[key] = item
+            else:
+                queue.items.append(item)
+            self._total[0] += 1
+            if track:
+                order.append((lane, queue.tail - 1))
+
     def after_take(self) -> None:
         """Bring `capacity` down towards the configured one as recovered items go."""
         if self.capacity > self.base_capacity:
             self.capacity = max(self.base_capacity, min(self.capacity, len(self)))
 
-    def leave_to_journal(self, kept: set[int]) -> list[T]:
+    def leave_to_journal(self, kept: set[tuple[int, int]]) -> list[T]:
         """Move every item in flight or queued out, at stop, to the journal.
 
-        The items at the positions in `kept` count in `journaled`; the others
-        (not journaled: they did not pickle) are dropped with `closed` and
-        returned.
+        The items at the `(queue index, position)` pairs in `kept` count in
+        `journaled`; the others (not journaled: they did not pickle) are
+        dropped with `closed` and returned.
         """
         closed: list[T] = []
         count = 0
-        flight = self._flight
-        positions = flight.positions or []
-        for position, item in zip(positions, flight.items or [], strict=False):
-            if position in kept:
-                count += 1
-            else:
-                closed.append(item)
-        flight.forget()
-        head = self.head
-        queued = self.drop_queued(DropReason.CLOSED)
-        self.dropped[DropReason.CLOSED] -= len(queued)
-        for offset, item in enumerate(queued):
-            if head + offset in kept:
-                count += 1
-            else:
-                closed.append(item)
+        for flight in self.flights:
+            lane = self.queue_index(flight)
+            positions = flight.positions or []
+            for position, item in zip(positions, flight.items or [], strict=False):
+                if (lane, position) in kept:
+                    count += 1
+                else:
+                    closed.append(item)
+            flight.forget()
+        heads = [queue.head for queue in self.queues]
+        for lane, queue in enumerate(self.queues):
+            queued = queue.pop_oldest(len(queue))
+            while queue.items:  # popleft: another thread may append meanwhile
+                queued += queue.pop_oldest(1)
+            for offset, item in enumerate(queued):
+                if (lane, heads[lane] + offset) in kept:
+                    count += 1
+                else:
+                    closed.append(item)
+        self._order.clear()
+        self.after_take()
         self.journaled += count
         self.dropped[DropReason.CLOSED] += len(closed)
         return closed

@@ -7,6 +7,11 @@ place, the positions in flight), lets go, pickles them and commits them in
 one SQLite transaction with the live positions (`_journalfile.py`). The
 producer's path does not change: a push costs what it costs without a journal.
 
+Positions are a queue's (`_buffer.py`): one queue, or with lanes and a
+`key_func` one per lane, each followed by a `_LaneView` of its own and
+written as its lane in the file. A recovery queues the items again by the
+current routing, so a journal written with 4 lanes starts a queue with 2.
+
 Recovery and stop are not incremental: at `start()` the live items are read
 back, queued first and written anew as one row (renumbered from position 0);
 at stop, the last commit replaces the journal's rows with exactly what is
@@ -25,11 +30,13 @@ from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
+from wbactor._config import Policy
 from wbactor._errors import ConfigError
 from wbactor._journalfile import (
     CHUNK,
     JournalFile,
     JournalUnreadableError,
+    LaneCommit,
     Row,
     dumps,
     quarantine,
@@ -48,6 +55,7 @@ from wbactor._stats import DropReason
 if TYPE_CHECKING:
     from collections.abc import Hashable
 
+    from wbactor._buffer import LaneQueue, PolicyBuffer
     from wbactor._config import Config
     from wbactor._drops import DropReporter
     from wbactor._ledger import Ledger
@@ -62,13 +70,38 @@ _CLOSE_WAIT = 5.0
 
 
 class _Capture(NamedTuple):
-    """What changed since the last commit, copied under the ledger's lock."""
+    """What changed in one lane since the last commit, copied under the lock."""
 
     head: int
     tail: int
     flight: list[tuple[int, int]]
     runs: list[tuple[int, list[Any]]]  # (first position, items at consecutive ones)
-    low: int  # every position below is settled
+
+
+class _LaneView:
+    """The writer's view of one queue's positions (under the ledger's lock)."""
+
+    __slots__ = ("journaled", "key_pos", "last", "pos_key", "skipped")
+
+    def __init__(self) -> None:
+        self.journaled = 0  # positions below were handed to a commit
+        self.key_pos: dict[Hashable, int] = {}  # COALESCE_BY_KEY: key -> position
+        self.pos_key: dict[int, Hashable] = {}  # and back, in position order
+        self.last: tuple[int, int, list[tuple[int, int]]] | None = None
+        self.skipped: set[int] = set()  # positions whose items did not pickle
+
+    def forget_below(self, low: int) -> None:
+        """Forget the keys of positions below `low`: they settled."""
+        pos_key, key_pos = self.pos_key, self.key_pos
+        while pos_key:
+            position = next(iter(pos_key))
+            if position >= low:
+                break
+            key = pos_key.pop(position)
+            if key_pos.get(key) == position:
+                del key_pos[key]
+        if self.skipped:
+            self.skipped = {p for p in self.skipped if p >= low}
 
 
 class Journal(Generic[T]):
@@ -81,6 +114,7 @@ class Journal(Generic[T]):
         self._file = file
         self._interval = config.journal_interval
         self._key_of = config.key_func
+        self._keyed = config.policy is Policy.COALESCE_BY_KEY
         self._log = log
         self.recovered_items = items
         self._ledger: Ledger[T] | None = None
@@ -88,13 +122,8 @@ class Journal(Generic[T]):
         self._wake = threading.Event()
         self._io = threading.Lock()  # one capture-and-commit at a time
         self._drops: DropReporter[T] | None = None
-        # Under the ledger's lock: the writer's view of the positions.
-        self._journaled = 0  # positions below were handed to a commit
-        self._key_pos: dict[Hashable, int] = {}  # COALESCE_BY_KEY: key -> position
-        self._pos_key: dict[int, Hashable] = {}  # and back, in position order
-        self._last: tuple[int, int, list[tuple[int, int]]] | None = None
+        self._views: list[_LaneView] = []  # one per queue, under the ledger's lock
         self._final: tuple[list[Row], int] | None = None  # the last commit, at stop
-        self._skipped: set[int] = set()  # positions whose items did not pickle
         self._skipped_count = 0
         self._closed = False
 
@@ -114,10 +143,11 @@ class Journal(Generic[T]):
         self._drops = drops
         buffer = ledger.buffer
         buffer.track_journal()
+        self._views = [_LaneView() for _ in buffer.queues]
         items = self.recovered_items
-        if self._key_of is None:
+        if not (self._keyed or buffer.routed):
             buffer.recover(items)
-        else:
+        else:  # the keys place them: in place (COALESCE_BY_KEY), in a lane
             keyed, failed = self._keys(items)
             buffer.recover([i for _, i in keyed], [k for k, _ in keyed])
             for _ in failed:
@@ -125,11 +155,12 @@ class Journal(Generic[T]):
                 buffer.reject(DropReason.KEY_ERROR)
             if failed:
                 drops.report(failed, DropReason.KEY_ERROR)
-            self._pos_key = dict(enumerate(buffer.by_key))
-            self._key_pos = {k: p for p, k in self._pos_key.items()}
-        queued = buffer.queued()
-        self._journaled = len(queued)
-        self._commit_all(queued)
+        for view, queue in zip(self._views, buffer.queues, strict=True):
+            view.journaled = len(queue)
+            if self._keyed:
+                view.pos_key = dict(enumerate(queue.by_key))
+                view.key_pos = {k: p for p, k in view.pos_key.items()}
+        self._commit_all(buffer.queues)
         if items:
             self._log.logger.info(JOURNAL_RECOVERED, path=self.path, count=len(items))
         with ledger.lock:
@@ -175,11 +206,19 @@ class Journal(Generic[T]):
                 with ledger.lock:
                     if self._final is not None:
                         return
-                    capture = self._capture()
-                if capture is None:
+                    captures = self._capture()
+                if not captures:
                     return
-                rows = self._encode(capture.runs)
-                self._file.commit(rows, capture.head, capture.tail, capture.flight)
+                self._file.commit(
+                    LaneCommit(
+                        lane,
+                        self._encode(c.runs, self._views[lane]),
+                        c.head,
+                        c.tail,
+                        c.flight,
+                    )
+                    for lane, c in captures
+                )
         except Exception as error:  # noqa: BLE001 - logged; the next commit retries
             self._log.logger.error(  # noqa: TRY400 - error=, no traceback
                 JOURNAL_FAILED, path=self.path, error=describe(error)
@@ -191,7 +230,7 @@ class Journal(Generic[T]):
             with self._io:
                 if final is not None:
                     rows, tail = final
-                    self._file.commit(rows, 0, tail, [], replace=True)
+                    self._file.commit([LaneCommit(0, rows, 0, tail, [])], replace=True)
         except Exception as error:  # noqa: BLE001 - logged; the file keeps the last commit
             self._log.logger.error(  # noqa: TRY400 - error=, no traceback
                 JOURNAL_FAILED, path=self.path, error=describe(error)
@@ -199,60 +238,84 @@ class Journal(Generic[T]):
         finally:
             self._file.close()
 
-    def _capture(self) -> _Capture | None:
-        """Copy (ledger lock held) what changed since the last capture."""
+    def _capture(self) -> list[tuple[int, _Capture]]:
+        """Copy (ledger lock held) what changed since, for each lane that changed."""
         ledger = self._ledger
         assert ledger is not None  # noqa: S101
         buffer = ledger.buffer
-        head = buffer.head
-        positions = buffer.flight_pos or []
-        if buffer.rewound is not None:  # DROP_NEWEST freed positions: write anew
-            self._journaled = min(self._journaled, buffer.rewound)
+        flying = [_in_flight(buffer, lane) for lane in range(len(buffer.queues))]
+        if buffer.rewound is not None:  # DROP_NEWEST freed positions (one queue)
+            view = self._views[0]
+            view.journaled = min(view.journaled, buffer.rewound)
             buffer.rewound = None
-        start = max(self._journaled, head)
-        runs: list[tuple[int, list[Any]]] = []
-        if self._journaled < head and positions:  # taken before it was journaled
-            flight = buffer.in_flight or []
-            first = bisect_left(positions, self._journaled)
-            runs += _runs(positions[first:], flight[first:])
+        replaced: list[list[tuple[int, list[Any]]]] = [[] for _ in flying]
         if buffer.replaced:
-            runs += self._replaced(buffer.replaced, head, positions)
+            self._replaced(buffer, buffer.replaced, flying, replaced)
             buffer.replaced.clear()
-        queued, tail = self._new_queued(start - head)
+        captures: list[tuple[int, _Capture]] = []
+        for lane, queue in enumerate(buffer.queues):
+            capture = self._capture_lane(
+                buffer, lane, queue, flying[lane], replaced[lane]
+            )
+            if capture is not None:
+                captures.append((lane, capture))
+        return captures
+
+    def _capture_lane(
+        self,
+        buffer: PolicyBuffer[T],
+        lane: int,
+        queue: LaneQueue[T],
+        flying: tuple[list[int], list[Any]],
+        runs: list[tuple[int, list[Any]]],
+    ) -> _Capture | None:
+        view = self._views[lane]
+        head = queue.head
+        positions, flight = flying
+        start = max(view.journaled, head)
+        if view.journaled < head and positions:  # taken before it was journaled
+            first = bisect_left(positions, view.journaled)
+            runs = _runs(positions[first:], flight[first:]) + runs
+        queued, tail = self._new_queued(buffer, queue, view, start - head)
         tail += head
         if queued:
             runs.append((start, queued))
-        self._journaled = tail
+        view.journaled = tail
         flight_ranges = ranges_of(positions)
-        low = min(head, positions[0]) if positions else head
-        self._forget_below(low)
+        view.forget_below(min(head, positions[0]) if positions else head)
         state = (head, tail, flight_ranges)
-        if not runs and state == self._last:
+        if not runs and state == view.last:
             return None  # nothing changed: no commit (an idle queue does no I/O)
-        self._last = state
-        return _Capture(head, tail, flight_ranges, runs, low)
+        view.last = state
+        return _Capture(head, tail, flight_ranges, runs)
 
-    def _new_queued(self, offset: int) -> tuple[list[Any], int]:
-        """Return the queued items from `offset` on, and the queue's length.
+    def _new_queued(
+        self,
+        buffer: PolicyBuffer[T],
+        queue: LaneQueue[T],
+        view: _LaneView,
+        offset: int,
+    ) -> tuple[list[Any], int]:
+        """Return the queue's items from `offset` on, and the queue's length.
 
-        Under DROP_OLDEST and DROP_NEWEST producers append without the lock,
-        so the copy is made by C code that cannot be interrupted, from the
-        right (O(new items)), and checked against the length read before it.
+        Under DROP_OLDEST and DROP_NEWEST with one queue, producers append
+        without the lock, so the copy is made by C code that cannot be
+        interrupted, from the right (O(new items)), and checked against the
+        length read before it. Routed pushes hold the lock.
         """
-        ledger = self._ledger
-        assert ledger is not None  # noqa: S101
-        buffer = ledger.buffer
-        if self._key_of is not None:  # under the lock: nothing moves
-            by_key = buffer.by_key
+        if self._keyed:  # under the lock: nothing moves
+            by_key = queue.by_key
             length = len(by_key)
             new = list(islice(reversed(by_key.items()), max(0, length - offset)))
             new.reverse()
-            base = buffer.head + offset
+            base = queue.head + offset
             for i, (key, _) in enumerate(new):
-                self._pos_key[base + i] = key
-                self._key_pos[key] = base + i
+                view.pos_key[base + i] = key
+                view.key_pos[key] = base + i
             return [item for _, item in new], length
-        deque_: Any = buffer.items
+        deque_: Any = queue.items
+        if buffer.routed:
+            return list(islice(deque_, offset, None)), len(deque_)
         for _ in range(3):
             length = len(deque_)
             try:
@@ -266,39 +329,29 @@ class Journal(Generic[T]):
         return new, offset + len(new)
 
     def _replaced(
-        self, keys: set[Hashable], head: int, positions: list[int]
-    ) -> list[tuple[int, list[Any]]]:
-        """Return rows rewriting the journaled items replaced in place since."""
-        ledger = self._ledger
-        assert ledger is not None  # noqa: S101
-        buffer = ledger.buffer
-        runs: list[tuple[int, list[Any]]] = []
+        self,
+        buffer: PolicyBuffer[T],
+        keys: set[Hashable],
+        flying: list[tuple[list[int], list[Any]]],
+        into: list[list[tuple[int, list[Any]]]],
+    ) -> None:
+        """Add to `into` (by lane) rows rewriting the journaled items replaced since."""
+        lanes = len(buffer.queues)
         for key in keys:
-            position = self._key_pos.get(key)
-            if position is None or position >= self._journaled:
+            lane = hash(key) % lanes if buffer.routed else 0
+            view, queue = self._views[lane], buffer.queues[lane]
+            position = view.key_pos.get(key)
+            if position is None or position >= view.journaled:
                 continue  # not journaled yet: it will be, as it is now
-            if position >= head:
-                runs.append((position, [buffer.by_key[key]]))
+            if position >= queue.head:
+                into[lane].append((position, [queue.by_key[key]]))
                 continue
-            i = bisect_left(positions, position)  # taken into flight since
+            positions, items = flying[lane]  # taken into flight since
+            i = bisect_left(positions, position)
             if i < len(positions) and positions[i] == position:
-                runs.append((position, [(buffer.in_flight or [])[i]]))
-        return runs
+                into[lane].append((position, [items[i]]))
 
-    def _forget_below(self, low: int) -> None:
-        """Forget the keys of positions below `low`: they settled."""
-        pos_key, key_pos, skipped = self._pos_key, self._key_pos, self._skipped
-        while pos_key:
-            position = next(iter(pos_key))
-            if position >= low:
-                break
-            key = pos_key.pop(position)
-            if key_pos.get(key) == position:
-                del key_pos[key]
-        if skipped:
-            self._skipped = {p for p in skipped if p >= low}
-
-    def _encode(self, runs: list[tuple[int, list[Any]]]) -> list[Row]:
+    def _encode(self, runs: list[tuple[int, list[Any]]], view: _LaneView) -> list[Row]:
         """Pickle each run in one call; item by item if one does not pickle."""
         rows: list[Row] = []
         for lo, items in runs:
@@ -307,10 +360,12 @@ class Journal(Generic[T]):
                 try:
                     rows.append(Row(lo + start, lo + start + len(chunk), dumps(chunk)))
                 except Exception:  # noqa: BLE001 - one of them does not pickle
-                    rows += self._encode_one_by_one(lo + start, chunk)
+                    rows += self._encode_one_by_one(lo + start, chunk, view)
         return rows
 
-    def _encode_one_by_one(self, lo: int, items: list[Any]) -> list[Row]:
+    def _encode_one_by_one(
+        self, lo: int, items: list[Any], view: _LaneView
+    ) -> list[Row]:
         rows: list[Row] = []
         good: list[Any] = []
         for position, item in enumerate(items, lo):
@@ -321,8 +376,8 @@ class Journal(Generic[T]):
                     rows.append(Row(position - len(good), position, dumps(good)))
                     good = []
                 rows.append(Row(position, position + 1, None))
-                if position not in self._skipped:
-                    self._skipped.add(position)
+                if position not in view.skipped:
+                    view.skipped.add(position)
                     self._skipped_count += 1
             else:
                 good.append(item)
@@ -348,25 +403,30 @@ class Journal(Generic[T]):
             return buffer.drop_in_flight(DropReason.CLOSED) + buffer.drop_queued(
                 DropReason.CLOSED
             )
-        positions = list(buffer.flight_pos or [])
-        items: list[Any] = list(buffer.in_flight or [])
-        head = buffer.head
-        queued = buffer.queued()
-        positions += range(head, head + len(queued))
-        items += queued
-        rows = self._encode(_runs(positions, items))
-        kept: set[int] = set(positions)
+        kept: set[tuple[int, int]] = set()
+        rows: list[Row] = []
         good = 0
-        for row in rows:  # an empty row: the item at `lo` did not pickle
-            if row.blob is None:
-                kept.discard(row.lo)
-            else:
+        for lane, queue in enumerate(buffer.queues):
+            positions, items = _in_flight(buffer, lane)
+            head = queue.head
+            queued = queue.values()
+            positions += range(head, head + len(queued))
+            items += queued
+            for row in self._encode(_runs(positions, items), self._views[lane]):
+                if row.blob is None:  # the item at `lo` did not pickle
+                    continue
+                kept.update((lane, p) for p in range(row.lo, row.hi))
                 good += row.hi - row.lo
+                rows.append(row)
         # The next start reads the items that pickled, at positions 0, 1, ...
-        rows = _renumbered([r for r in rows if r.blob is not None])
-        self._final = (rows, good)
+        # of lane 0, lane by lane: it routes them anew.
+        self._final = (_renumbered(rows), good)
         self._wake.set()
         return buffer.leave_to_journal(kept)
+
+    def forget_in_child(self) -> None:
+        """In a forked child: drop the inherited file, unused (`JournalFile`)."""
+        self._file.forget_in_child()
 
     def close(self, timeout: float | None) -> None:
         """Wait (up to `timeout`) for the last commit; log `journal_skipped`.
@@ -390,10 +450,21 @@ class Journal(Generic[T]):
                 JOURNAL_SKIPPED, path=self.path, count=self._skipped_count
             )
 
-    def _commit_all(self, items: list[Any]) -> None:
-        """Replace the journal's rows with `items` at positions from 0."""
-        rows = self._encode([(0, items)]) if items else []
-        self._file.commit(rows, 0, len(items), [], replace=True)
+    def _commit_all(self, queues: list[LaneQueue[T]]) -> None:
+        """Replace the journal's rows with each queue's items, at positions from 0."""
+        self._file.commit(
+            (
+                LaneCommit(
+                    lane,
+                    self._encode([(0, q.values())], self._views[lane]) if q else [],
+                    0,
+                    len(q),
+                    [],
+                )
+                for lane, q in enumerate(queues)
+            ),
+            replace=True,
+        )
 
     def wait_synced(self, timeout: float) -> bool:
         """Commit now what was accepted so far (for tests and the examples).
@@ -416,6 +487,28 @@ def _renumbered(rows: list[Row]) -> list[Row]:
         moved.append(Row(at, at + size, row.blob))
         at += size
     return moved
+
+
+def _in_flight(buffer: PolicyBuffer[Any], lane: int) -> tuple[list[int], list[Any]]:
+    """Return the positions and items in flight from queue `lane`, in order.
+
+    With lanes but one queue, several flights take from it: their positions
+    interleave by when each took its batch, so they are merged.
+    """
+    flights = [
+        f
+        for f in buffer.flights
+        if f.items is not None and f.positions and buffer.queue_index(f) == lane
+    ]
+    if len(flights) == 1:
+        (flight,) = flights
+        return list(flight.positions or []), list(flight.items or [])
+    pairs = sorted(
+        (p, i)
+        for f in flights
+        for p, i in zip(f.positions or [], f.items or [], strict=False)
+    )
+    return [p for p, _ in pairs], [i for _, i in pairs]
 
 
 def _runs(positions: list[int], items: list[Any]) -> list[tuple[int, list[Any]]]:

@@ -1,12 +1,13 @@
 """The journal's file: an SQLite database in WAL mode, its lock and its rows.
 
 Layout (format 1). Every row holds the pickled list (protocol 5) of the items
-at positions `[lo, hi)` of a lane (always lane 0 for now), or NULL for
-positions whose items did not pickle. Rows are numbered by `seq` in the order
+at positions `[lo, hi)` of a lane's queue (lane 0 for a queue with one
+queue: one lane, or lanes without a `key_func`), or NULL for positions whose
+items did not pickle. Rows are numbered by `seq` in the order
 they were written; a later row covering a position overrides an earlier one
 (a coalesced replacement, or a position a DROP_NEWEST eviction freed and a
 new item took). Each lane's row in `wbactor_lanes` says which positions are
-live: those of the batch in flight (`flight`, ranges) and `[head, tail)`.
+live: those of the batches in flight (`flight`, ranges) and `[head, tail)`.
 Everything else in a row is dead (flushed, coalesced away, dropped) and is
 skipped at recovery; rows wholly dead are deleted at the next commit.
 
@@ -38,6 +39,7 @@ __all__ = [
     "FORMAT",
     "JournalFile",
     "JournalUnreadableError",
+    "LaneCommit",
     "Row",
     "peek",
     "quarantine",
@@ -65,11 +67,21 @@ class JournalUnreadableError(Exception):
 
 
 class Row(NamedTuple):
-    """Items to write at positions `[lo, hi)` of lane 0 (`blob` None: unpicklable)."""
+    """Items to write at positions `[lo, hi)` of a lane (`blob` None: unpicklable)."""
 
     lo: int
     hi: int
     blob: bytes | None
+
+
+class LaneCommit(NamedTuple):
+    """What one commit writes for one lane: new rows and the live positions."""
+
+    lane: int
+    rows: Sequence[Row]
+    head: int
+    tail: int
+    flight: list[tuple[int, int]]
 
 
 CHUNK = 2000
@@ -154,55 +166,50 @@ class JournalFile:
             raise JournalUnreadableError(str(error)) from error
 
     def read(self) -> list[Any]:
-        """Return the live items, in position order (lane 0 first).
+        """Return the live items, lane by lane, in position order within each.
 
         Raises:
             JournalUnreadableError: a row or the lane record cannot be read.
         """
         return _read(self._connection())
 
-    def commit(
-        self,
-        rows: Sequence[Row],
-        head: int,
-        tail: int,
-        flight: Iterable[tuple[int, int]],
-        *,
-        replace: bool = False,
-    ) -> None:
-        """Write `rows` and the live positions of lane 0 in one transaction.
+    def commit(self, lanes: Iterable[LaneCommit], *, replace: bool = False) -> None:
+        """Write each lane's rows and live positions in one transaction.
 
-        Deletes the rows wholly below every live position (and, after a
-        rewind, those from `tail` on). With `replace`, every row goes first:
-        the journal then holds exactly `rows`.
+        Deletes a lane's rows wholly below every live position (and, after a
+        rewind, those from `tail` on). With `replace`, every row and lane
+        record goes first: the journal then holds exactly `lanes`.
         """
         db = self._connection()
-        flight = list(flight)
-        low = min(head, flight[0][0]) if flight else head
         seq = self._seq
         db.execute("BEGIN IMMEDIATE")
         try:
             if replace:
                 db.execute("DELETE FROM wbactor_rows")
-            else:
-                db.execute(
-                    "DELETE FROM wbactor_rows WHERE lane = 0 AND (hi <= ? OR lo >= ?)",
-                    (low, tail),
+                db.execute("DELETE FROM wbactor_lanes")
+            for lane, rows, head, tail, flight in lanes:
+                low = min(head, flight[0][0]) if flight else head
+                if not replace:
+                    db.execute(
+                        "DELETE FROM wbactor_rows"
+                        " WHERE lane = ? AND (hi <= ? OR lo >= ?)",
+                        (lane, low, tail),
+                    )
+                db.executemany(
+                    "INSERT INTO wbactor_rows VALUES (?, ?, ?, ?, ?)",
+                    [(lane, seq + i, r.lo, r.hi, r.blob) for i, r in enumerate(rows)],
                 )
-            db.executemany(
-                "INSERT INTO wbactor_rows VALUES (0, ?, ?, ?, ?)",
-                [(seq + i, r.lo, r.hi, r.blob) for i, r in enumerate(rows)],
-            )
-            db.execute(
-                "INSERT OR REPLACE INTO wbactor_lanes VALUES (0, ?, ?, ?)",
-                (head, tail, json.dumps(flight)),
-            )
+                db.execute(
+                    "INSERT OR REPLACE INTO wbactor_lanes VALUES (?, ?, ?, ?)",
+                    (lane, head, tail, json.dumps(flight)),
+                )
+                seq += len(rows)
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        self._seq = seq + len(rows)
+        self._seq = seq
 
     def count(self) -> int:
         """Return how many rows the journal holds (for tests)."""
@@ -224,6 +231,20 @@ class JournalFile:
         if db is not None:
             with contextlib.suppress(sqlite3.Error):
                 db.close()
+
+    def forget_in_child(self) -> None:
+        """In a child forked from the queue's process: let go of the lock.
+
+        The child's copy of the lock's descriptor is closed, so a child that
+        outlives the parent does not keep the journal locked (the next start
+        would find it in use); the parent's lock stays, its descriptor is
+        its own. The database is left alone: the child's queue refuses
+        everything, so nothing uses it there.
+        """
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
     def close(self) -> None:
         """Close the database and release the lock (idempotent)."""
