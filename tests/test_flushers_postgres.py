@@ -7,6 +7,7 @@ server fails them.
 
 from __future__ import annotations
 
+import datetime as dt
 import functools
 import os
 import pickle
@@ -558,6 +559,40 @@ def test_json_takes_objects_and_json_text_and_types_without_binary_dumpers(
             flusher.flush([(3, None, None, "angry", None)])
     finally:
         store.admin.execute(sql.SQL("DROP TYPE IF EXISTS {} CASCADE").format(mood))
+
+
+def test_an_upsert_is_one_unnest_statement_unless_a_type_or_name_forbids_it(
+    store: Store, closing: Any
+) -> None:
+    plain = store.create(
+        store.name("plain"),
+        "k int PRIMARY KEY, tick bigint, v text, j jsonb, at timestamptz, n numeric",
+    )
+    columns = ["k", "tick", "v", "j", "at", "n"]
+    unnest = closing(
+        PostgresFlusher.upsert(
+            store.dsn, store.name("plain"), columns, "k", version="tick"
+        )
+    )
+    stamp = dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC)
+    unnest.flush([(1, 1, "a", {"x": 1}, stamp, 2), (2, 1, None, "[1]", None, None)])
+    unnest.flush([(1, 0, "older", None, None, None), (1, 2, "b", None, stamp, 3)])
+    assert unnest._plan_made is not None
+    assert "unnest" in unnest._plan_made.unnest
+    assert store.rows(plain) == [
+        (1, 2, "b", None, stamp, 3),
+        (2, 1, None, [1], None, None),
+    ]
+    # An array (unnest would flatten it) or a "%" in a name: the COPY stage.
+    tags = store.create(store.name("tags"), 'k int PRIMARY KEY, "50%" int, a int[]')
+    for names in (["k", "a"], ["k", "50%"]):
+        staged = closing(
+            PostgresFlusher.upsert(store.dsn, store.name("tags"), names, "k")
+        )
+        staged.flush([(1, [1, 2])] if "a" in names else [(1, 50)])
+        assert staged._plan_made is not None
+        assert not staged._plan_made.unnest
+    assert store.rows(tags) == [(1, 50, [1, 2])]
 
 
 def test_a_row_too_wide_for_the_plain_stage_is_written_all_the_same(

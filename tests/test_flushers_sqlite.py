@@ -41,7 +41,7 @@ def as_params(row: Row) -> Row:
     return row
 
 
-def kv_flusher(path: Path, **options: float) -> SQLiteFlusher[Row]:
+def kv_flusher(path: Path, **options: Any) -> SQLiteFlusher[Row]:
     return SQLiteFlusher(path, UPSERT, as_params, setup=SETUP, **options)
 
 
@@ -526,3 +526,123 @@ for make in (
 
 def kv_values(item: Mapping[str, Any]) -> tuple[Any, ...]:
     return (item["k"], item["tick"], item["v"])
+
+
+# -- isolate_rows: a refused batch's bad rows found in one more call ----------
+
+
+class CountingFlusher:
+    """Count the flush calls a flusher is given, and pass them on."""
+
+    def __init__(self, flusher: SQLiteFlusher[Any]) -> None:
+        self.flusher = flusher
+        self.calls = 0
+
+    def flush(self, batch: Sequence[Any]) -> None:
+        self.calls += 1
+        self.flusher.flush(batch)
+
+    def close(self) -> None:
+        self.flusher.close()
+
+
+def test_isolate_rows_commits_the_good_rows_and_names_the_bad_ones(
+    tmp_path: Path,
+) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", isolate_rows=True)
+    batch: list[tuple[Any, ...]] = [
+        (1, 1, "a"),
+        (4, 1, "bad"),  # CHECK
+        (5, None, "x"),  # NOT NULL
+        (2, 1, "b"),
+        (2**63, 1, "x"),  # over 64 bits
+        (7, 1),  # a short row
+        ({}, 1, "x"),  # a type SQLite does not take
+        (3, 1, "c"),
+    ]
+    with pytest.raises(wbactor.PartialFailure) as caught:
+        flusher.flush(batch)
+    assert caught.value.failed == (1, 2, 4, 5, 6)
+    assert isinstance(caught.value.error, PermanentStoreError)
+    assert "CHECK constraint failed" in str(caught.value.error)
+    assert rows_of(path) == [(1, 1, "a"), (2, 1, "b"), (3, 1, "c")]
+    # A batch of one bad row is refused as before, and nothing is written.
+    with pytest.raises(PermanentStoreError, match="CHECK"):
+        flusher.flush([(9, 1, "bad")])
+    flusher.flush([(9, 1, "ok")])  # the connection survived both
+    assert rows_of(path)[-1] == (9, 1, "ok")
+    flusher.close()
+
+
+def test_isolate_rows_is_off_by_default_and_must_be_a_bool(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.append(path, "kv", KV_COLUMNS)
+    with pytest.raises(PermanentStoreError):
+        flusher.flush([(1, 1, "a"), (2, 1, "bad")])
+    assert rows_of(path) == []  # refused whole
+    flusher.close()
+    for make in (
+        lambda: SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", isolate_rows=1),  # type: ignore[call-overload]
+        lambda: SQLiteFlusher.append(path, "kv", KV_COLUMNS, isolate_rows="yes"),  # type: ignore[call-overload]
+        lambda: kv_flusher(path, isolate_rows=None),
+    ):
+        with pytest.raises(TypeError, match="isolate_rows must be True or False"):
+            make()
+
+
+def test_rows_whose_failure_ends_the_transaction_are_left_to_bisection(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "rollback.db"
+    make_table(
+        path,
+        "CREATE TABLE kv (k INTEGER PRIMARY KEY, tick INTEGER NOT NULL, "
+        "v TEXT NOT NULL ON CONFLICT ROLLBACK)",
+    )
+    flusher = SQLiteFlusher.append(path, "kv", KV_COLUMNS, isolate_rows=True)
+    batch: list[tuple[Any, ...]] = [(1, 1, "a"), (2, 1, None), (3, 1, "c")]
+    with pytest.raises(PermanentStoreError, match="NOT NULL"):
+        flusher.flush(batch)
+    assert rows_of(path) == []  # the rows could not be told apart: none written
+    assert bisect(flusher, batch) == [(2, 1, None)]
+    assert rows_of(path) == [(1, 1, "a"), (3, 1, "c")]
+    flusher.close()
+
+
+def test_through_the_queue_bad_rows_cost_one_call_and_good_ones_land_once(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    path = kv_path(tmp_path)
+    counting = CountingFlusher(
+        SQLiteFlusher.append(path, "kv", KV_COLUMNS, isolate_rows=True)
+    )
+    drops: DropRecorder[tuple[Any, ...]] = DropRecorder()
+    cfg: wbactor.Config[tuple[Any, ...]] = wbactor.Config(
+        capacity=1000, clock=clock, batch_size=500, flusher=counting, on_drop=drops
+    )
+    rows = [(i, 1, "bad" if i % 50 == 7 else f"v{i}") for i in range(400)]
+    with capture_logs() as logs, running(cfg) as wb:
+        wb.ref.tell(wbactor.PushMany(rows))
+        wb.flush(WAIT)
+        stats = wb.stats()
+    bad = [row for row in rows if row[2] == "bad"]
+    assert counting.calls == 1  # bisection would take about 2 * 8 * 9 more
+    assert drops.calls == [(row, wbactor.DropReason.REJECTED) for row in bad]
+    assert (stats.flushed, stats.dropped, stats.retries) == (
+        400 - len(bad),
+        {wbactor.DropReason.REJECTED: len(bad)},
+        1,
+    )
+    assert rows_of(path) == [row for row in rows if row[2] != "bad"]  # once each
+    assert not [e for e in logs if e["event"] == "batch_split"]
+
+
+def test_isolate_rows_survives_pickling(tmp_path: Path) -> None:
+    path = kv_path(tmp_path)
+    flusher = SQLiteFlusher.upsert(path, "kv", KV_COLUMNS, "k", isolate_rows=True)
+    copy = pickle.loads(pickle.dumps(flusher))  # noqa: S301 - our own bytes
+    with pytest.raises(wbactor.PartialFailure) as caught:
+        copy.flush([(1, 1, "a"), (2, 1, "bad")])
+    assert caught.value.failed == (1,)
+    copy.close()

@@ -42,12 +42,14 @@ class ManualClock:
     still ahead (or after 5 s, if one is stuck): everything that fell due has
     been sent by then. The actors that receive it handle it asynchronously,
     so wait for the effect (`RecordingFlusher.wait_for_items`,
-    `WriteBehind.wait_for`). A test reads like a timeline::
+    `WriteBehind.wait_for`). A test reads like a timeline:
 
-        clock = ManualClock()
-        wb = wbactor.start(wbactor.Config(capacity=10, flusher=f, clock=clock))
-        wb.ref.tell(wbactor.Push(1))
-        clock.advance(1.0)  # the first tick is sent: the item gets flushed
+    ```python
+    clock = ManualClock()
+    wb = wbactor.start(wbactor.Config(capacity=10, flusher=f, clock=clock))
+    wb.ref.tell(wbactor.Push(1))
+    clock.advance(1.0)  # the first tick is sent: the item gets flushed
+    ```
     """
 
     def __init__(self, start: float = 0.0) -> None:

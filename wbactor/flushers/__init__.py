@@ -22,9 +22,9 @@ flusher actor's thread), pickles without its connection, and raises a
 `PermanentStoreError` or a `TransientStoreError` for what the driver raised,
 so the queue knows whether to isolate bad rows or retry.
 
-`PostgresFlusher` needs psycopg 3 (`pip install 'wbactor[postgres]'`); it is
-imported only when a `PostgresFlusher` is made, so `import wbactor.flushers`
-works without it.
+`PostgresFlusher` and `AsyncPostgresFlusher` need psycopg 3 (`pip install
+'wbactor[postgres]'`); it is imported only when one is made, so `import
+wbactor.flushers` works without it.
 """
 
 from wbactor.flushers._errors import (
@@ -33,9 +33,11 @@ from wbactor.flushers._errors import (
     TransientStoreError,
 )
 from wbactor.flushers._postgres import PostgresFlusher
+from wbactor.flushers._postgres_async import AsyncPostgresFlusher
 from wbactor.flushers._sqlite import SQLiteFlusher
 
 __all__ = [
+    "AsyncPostgresFlusher",
     "PermanentStoreError",
     "PostgresFlusher",
     "SQLiteFlusher",

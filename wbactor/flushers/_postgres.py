@@ -2,8 +2,10 @@
 
 Three forms share the connection handling and the error classification:
 
-- `PostgresFlusher.upsert(...)`: binary COPY into a temporary table, then one
-  `INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE`;
+- `PostgresFlusher.upsert(...)`: one `INSERT ... SELECT * FROM unnest(...)
+  ON CONFLICT (key) DO UPDATE` with a binary array per column, or, for the
+  types and values that cannot go that way, binary COPY into a temporary
+  table then one `INSERT ... SELECT` from it;
 - `PostgresFlusher.append(...)`: binary COPY straight into the table;
 - `PostgresFlusher(dsn, sql, params)`: any statement, with `executemany`.
 
@@ -132,6 +134,8 @@ class _CopyPlan:
     columns: tuple[tuple[str, str], ...]  # (name, SQL type) of each column
     staged: tuple[str, ...] = ()  # upsert: the stage's SQL type of each column
     insert: str = ""  # upsert: "INSERT ... SELECT ... FROM stage ...; COMMIT"
+    unnest: str = ""  # upsert: "INSERT ... SELECT * FROM unnest(%b, ...) ..."
+    lists: tuple[type[list[Any]], ...] = ()  # unnest: each column's array type
     wide: bool = False  # the stage has TOAST: rows of any width
     ranges: tuple[tuple[int, float, float, str], ...] = ()  # append: checked here
 
@@ -256,12 +260,16 @@ class PostgresFlusher(Generic[T]):
         version: str | None = None,
         connect_kwargs: Mapping[str, Any] | None = None,
     ) -> PostgresFlusher[Any]:
-        """Upsert each batch into `table`: binary COPY, then one `INSERT ... SELECT`.
+        """Upsert each batch into `table` with one `INSERT ... ON CONFLICT`.
 
-        Each batch is copied (binary COPY) into a temporary table the
-        connection keeps, then written with one `INSERT INTO table (columns)
-        SELECT ... ON CONFLICT (key) DO UPDATE SET` every other column, in one
-        transaction: the batch is written whole or not at all. Rows of one
+        Each batch is written with one `INSERT INTO table (columns) SELECT
+        ... ON CONFLICT (key) DO UPDATE SET` every other column, in one
+        transaction: the batch is written whole or not at all. The rows go
+        as one binary array per column (`SELECT * FROM unnest(...)`: one
+        round trip) when every column is of a built-in base type; with an
+        enum, array or composite column, or for a batch with a value its
+        column refuses, they are copied (binary COPY) into a temporary table
+        the connection keeps, and inserted from there. Rows of one
         batch that repeat a key are reduced to one first: the last in push
         order, or with `version`, the one with the highest version.
 
@@ -407,7 +415,7 @@ class PostgresFlusher(Generic[T]):
         self._settings = settings
         self._psycopg = module
         self._conn: psycopg.Connection[Any] | None = None
-        self._plan: _CopyPlan | None = None
+        self._plan_made: _CopyPlan | None = None
         self._wide = False  # a row too wide for the plain stage was seen
         target = settings.target
         self._key_of = target.key_of() if target is not None and target.key else None
@@ -444,14 +452,7 @@ class PostgresFlusher(Generic[T]):
                 refused or lost, serialization failure, deadlock, shutdown).
         """
         settings = self._settings
-        if settings.target is None:
-            params = settings.params
-            assert params is not None  # noqa: S101 - set with the statement
-            rows: list[Any] = list(map(params, batch))
-        elif settings.values is None:
-            rows = batch if isinstance(batch, list) else list(batch)
-        else:
-            rows = list(map(settings.values, batch))
+        rows = self._rows(batch)
         with self._lock:
             try:
                 conn = self._connect()
@@ -491,7 +492,7 @@ class PostgresFlusher(Generic[T]):
                         cursor.execute(statement)
                 conn.commit()
                 if copying:
-                    self._plan = self._make_plan(conn)
+                    self._plan_made = self._make_plan(conn)
             except BaseException:
                 conn.close()
                 raise
@@ -500,16 +501,29 @@ class PostgresFlusher(Generic[T]):
 
     def _make_plan(self, conn: psycopg.Connection[Any]) -> _CopyPlan:
         """Read the table's column types; for an upsert, make the stage."""
+        found = conn.execute(_COLUMNS_QUERY, [self._table_name(conn)]).fetchall()
+        plan = self._plan(found, conn)
+        if plan.insert:
+            self._create_stage(conn, plan, wide=self._wide)
+        return plan
+
+    def _table_name(self, conn: Any) -> str:
+        """The table's name, quoted, as `_COLUMNS_QUERY` takes it."""
+        target = self._settings.target
+        assert target is not None  # noqa: S101 - only the copying forms plan
+        return cast("str", self._psycopg.sql.Identifier(*target.table).as_string(conn))
+
+    def _plan(self, rows: Sequence[tuple[Any, ...]], conn: Any) -> _CopyPlan:
+        """Compose the COPY (and upsert) for the column types `_COLUMNS_QUERY` read.
+
+        No I/O: `conn` (a connection, sync or async) renders the SQL and
+        holds the adapters; the caller then creates the stage of an upsert.
+        """
         target = self._settings.target
         assert target is not None  # noqa: S101 - only the copying forms plan
         sql = self._psycopg.sql
         table = sql.Identifier(*target.table)
-        found = {
-            name: (oid, kind, type_sql)
-            for name, oid, kind, type_sql in conn.execute(
-                _COLUMNS_QUERY, [table.as_string(conn)]
-            )
-        }
+        found = {name: (oid, kind, type_sql) for name, oid, kind, type_sql in rows}
         missing = [name for name in target.columns if name not in found]
         if missing:
             msg = (
@@ -536,7 +550,18 @@ class PostgresFlusher(Generic[T]):
                 columns=tuple(zip(target.columns, columns, strict=True)),
                 ranges=ranges if binary else (),
             )
-        plan = _CopyPlan(
+        stage = sql.SQL("{} FROM {}").format(
+            _stage_columns(sql, len(target.columns)), sql.Identifier(*_STAGE)
+        )
+        lists = _unnest_lists(self._psycopg, adapters, dumpers, found, target)
+        unnest = ""
+        if lists:
+            arrays = sql.SQL(", ".join(["%b"] * len(lists)))
+            source = sql.SQL("* FROM unnest({})").format(arrays)
+            head = self._upsert_statement(sql, target, sql.SQL("")).as_string(conn)
+            if "%" not in head:  # a name psycopg would read as a placeholder
+                unnest = self._upsert_statement(sql, target, source).as_string(conn)
+        return _CopyPlan(
             copy=sql.SQL("COPY {} ({}) FROM STDIN{}")
             .format(sql.Identifier(*_STAGE), _stage_columns(sql, len(staged)), form)
             .as_string(conn),
@@ -546,12 +571,13 @@ class PostgresFlusher(Generic[T]):
             # The COMMIT rides with the INSERT: one round trip fewer. Should
             # the INSERT fail, the server skips the COMMIT, and flush() rolls
             # back.
-            insert=self._upsert_statement(sql, target).as_string(conn) + "; COMMIT",
+            insert=self._upsert_statement(sql, target, stage).as_string(conn)
+            + "; COMMIT",
+            unnest=unnest,
+            lists=lists if unnest else (),
         )
-        self._create_stage(conn, plan, wide=self._wide)
-        return plan
 
-    def _upsert_statement(self, sql: ModuleType, target: Target) -> Any:
+    def _upsert_statement(self, sql: ModuleType, target: Target, source: Any) -> Any:
         alias = sql.Identifier("t")
         updated = target.updated
         if updated:
@@ -571,14 +597,13 @@ class PostgresFlusher(Generic[T]):
         else:  # every column is part of the key: nothing to update
             action = sql.SQL("DO NOTHING")
         return sql.SQL(
-            "INSERT INTO {table} AS {alias} ({columns}) SELECT {staged} FROM {stage} "
+            "INSERT INTO {table} AS {alias} ({columns}) SELECT {source} "
             "ON CONFLICT ({key}) {action}"
         ).format(
             table=sql.Identifier(*target.table),
             alias=alias,
             columns=sql.SQL(", ").join(map(sql.Identifier, target.columns)),
-            staged=_stage_columns(sql, len(target.columns)),
-            stage=sql.Identifier(*_STAGE),
+            source=source,
             key=sql.SQL(", ").join(map(sql.Identifier, target.key)),
             action=action,
         )
@@ -595,6 +620,13 @@ class PostgresFlusher(Generic[T]):
         and rebuilds the TOAST index too: measured 3 ms a batch); a row over
         about 8 kB then fails (SQLSTATE 54000) and `flush` makes it `wide`.
         """
+        with conn.transaction():
+            for statement in self._stage_statements(plan, wide=wide):
+                conn.execute(statement)
+        plan.wide = wide
+
+    def _stage_statements(self, plan: _CopyPlan, *, wide: bool) -> list[Any]:
+        """The statements that (re)create the stage of `_create_stage`."""
         sql = self._psycopg.sql
         stage = sql.Identifier(*_STAGE)
         # Type names come from the server's format_type(), never from data.
@@ -609,17 +641,11 @@ class PostgresFlusher(Generic[T]):
                 )
                 for i in range(len(plan.staged))
             ]
-        with conn.transaction():
-            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(stage))
-            conn.execute(
-                sql.SQL("CREATE TEMPORARY TABLE {} () ON COMMIT DELETE ROWS").format(
-                    stage
-                )
-            )
-            conn.execute(
-                sql.SQL("ALTER TABLE {} {}").format(stage, sql.SQL(", ").join(columns))
-            )
-        plan.wide = wide
+        return [
+            sql.SQL("DROP TABLE IF EXISTS {}").format(stage),
+            sql.SQL("CREATE TEMPORARY TABLE {} () ON COMMIT DELETE ROWS").format(stage),
+            sql.SQL("ALTER TABLE {} {}").format(stage, sql.SQL(", ").join(columns)),
+        ]
 
     # ------------------------------------------------------------- writing
 
@@ -632,18 +658,16 @@ class PostgresFlusher(Generic[T]):
         conn.commit()
 
     def _copy_batch(self, conn: psycopg.Connection[Any], rows: list[Any]) -> None:
-        plan = self._plan
+        plan = self._plan_made
         assert plan is not None  # noqa: S101 - made with the connection
-        if plan.ranges:
-            _check_ranges(rows, plan)
+        rows = self._prepared(rows, plan)
         if self._key_of is None:  # append: one COPY, its own transaction
             with conn.cursor() as cursor:
                 self._copy_rows(cursor, plan, rows)
             return
-        try:
-            rows = latest_rows(rows, self._key_of, self._version)
-        except (IndexError, KeyError, TypeError) as error:
-            raise _BadRowError(_describe_unkeyed(rows, plan)) from error
+        arrays = unnest_arrays(plan, rows)
+        if arrays is not None and self._unnested(conn, plan, arrays):
+            return
         try:
             self._upsert(conn, plan, rows)
         except self._psycopg.Error as error:
@@ -654,6 +678,44 @@ class PostgresFlusher(Generic[T]):
             self._wide = True
             self._create_stage(conn, plan, wide=True)
             self._upsert(conn, plan, rows)
+
+    def _prepared(self, rows: list[Any], plan: _CopyPlan) -> list[Any]:
+        """Check the rows COPY would not (ranges); keep the latest row per key."""
+        if plan.ranges:
+            _check_ranges(rows, plan)
+        if self._key_of is None:
+            return rows
+        try:
+            return latest_rows(rows, self._key_of, self._version)
+        except (IndexError, KeyError, TypeError) as error:
+            raise _BadRowError(_describe_unkeyed(rows, plan)) from error
+
+    def _rows(self, batch: Sequence[Any]) -> list[Any]:
+        """The rows of `batch`: the statement's parameters, or the table's rows."""
+        settings = self._settings
+        if settings.target is None:
+            params = settings.params
+            assert params is not None  # noqa: S101 - set with the statement
+            return list(map(params, batch))
+        if settings.values is None:
+            return batch if isinstance(batch, list) else list(batch)
+        return list(map(settings.values, batch))
+
+    def _unnested(
+        self, conn: psycopg.Connection[Any], plan: _CopyPlan, arrays: list[Any]
+    ) -> bool:
+        """Upsert with one statement, its own transaction (autocommit).
+
+        False if a value could not be dumped by its column's type: nothing
+        was sent, and the COPY names the row.
+        """
+        try:
+            conn.execute(plan.unnest, arrays)
+        except BaseException as error:  # sorted by unsent(): re-raised or False
+            if unsent(self._psycopg, error):
+                return False
+            raise
+        return True
 
     def _upsert(
         self, conn: psycopg.Connection[Any], plan: _CopyPlan, rows: list[Any]
@@ -702,10 +764,7 @@ class PostgresFlusher(Generic[T]):
     def _refused(self, error: _BadRowError) -> StoreError:
         """A row that cannot be written: permanent, unless the connection broke."""
         broken = not self._rollback()
-        kind = TransientStoreError if broken else PermanentStoreError
-        store_error = kind(
-            f"postgresql: {error}", store="postgresql", sqlstate=error.sqlstate
-        )
+        store_error = _refusal(error, broken=broken)
         if broken:
             self._discard()
         log_store_error(store_error)
@@ -726,7 +785,7 @@ class PostgresFlusher(Generic[T]):
 
     def _discard(self) -> None:
         conn, self._conn = self._conn, None
-        self._plan = None
+        self._plan_made = None
         if conn is not None:
             conn.close()
 
@@ -762,6 +821,12 @@ class PostgresFlusher(Generic[T]):
         )
         kind = PermanentStoreError if permanent else TransientStoreError
         return kind(message, store="postgresql", sqlstate=sqlstate)
+
+
+def _refusal(error: _BadRowError, *, broken: bool) -> StoreError:
+    """A row that cannot be written: permanent, unless the connection broke."""
+    kind = TransientStoreError if broken else PermanentStoreError
+    return kind(f"postgresql: {error}", store="postgresql", sqlstate=error.sqlstate)
 
 
 def _check_str(what: str, value: object) -> None:
@@ -837,6 +902,79 @@ def _column_types(
             else:
                 dumpers.append(oid)
     return tuple(types), tuple(staged), dumpers, tuple(ranges)
+
+
+_COLUMN_LISTS: list[type[list[Any]]] = []
+"""`list` subclasses, one per column position, that a connection dumps as its
+column's array type (`_unnest_lists`)."""
+
+
+def _unnest_lists(
+    psycopg: ModuleType,
+    adapters: Any,
+    dumpers: list[int] | None,
+    found: Mapping[str, tuple[int, str, str]],
+    target: Target,
+) -> tuple[type[list[Any]], ...]:
+    """Register on `adapters` a list type per column, dumped as an array of it.
+
+    Each array's items are dumped by the same dumper as the binary COPY's,
+    so a value is refused alike. Empty (no unnest) unless every column is of
+    a base type psycopg knows with an array type: not an enum, a composite,
+    a range or an array (`unnest` would flatten it).
+    """
+    if dumpers is None:
+        return ()
+    binary = psycopg.pq.Format.BINARY
+    made: list[type[list[Any]]] = []
+    for i, (oid, name) in enumerate(zip(dumpers, target.columns, strict=True)):
+        info = adapters.types.get(oid)
+        # The registry finds a type by its array's OID too: an array column
+        # would then pass as its element type.
+        if found[name][1] != "b" or info is None or info.oid != oid:
+            return ()
+        if not info.array_oid:  # a type without an array type
+            return ()
+        try:
+            array = adapters.get_dumper_by_oid(info.array_oid, binary)
+        except psycopg.ProgrammingError:
+            return ()
+        while len(_COLUMN_LISTS) <= i:
+            _COLUMN_LISTS.append(type(f"_Column{len(_COLUMN_LISTS)}", (list,), {}))
+        adapters.register_dumper(_COLUMN_LISTS[i], array)
+        made.append(_COLUMN_LISTS[i])
+    return tuple(made)
+
+
+def unnest_arrays(plan: _CopyPlan, rows: list[Any]) -> list[Any] | None:
+    """The rows as one array per column for `plan.unnest`.
+
+    None if the plan has no unnest, there are no rows, or a row is not one
+    of the columns' length: the COPY then writes, or names the bad row.
+    """
+    if not plan.unnest or not rows:
+        return None
+    try:
+        return [
+            of(column)
+            for of, column in zip(plan.lists, zip(*rows, strict=True), strict=True)
+        ]
+    except (TypeError, ValueError):
+        return None
+
+
+def unsent(psycopg: ModuleType, error: BaseException) -> bool:
+    """Whether `error` came from dumping a parameter, before anything was sent.
+
+    The server's errors carry a SQLSTATE; a lost connection is an
+    `OperationalError` or `InterfaceError`; anything else an `execute`
+    raises is a value a dumper refused.
+    """
+    if not isinstance(error, Exception):
+        return False  # KeyboardInterrupt and the like
+    if isinstance(error, (psycopg.OperationalError, psycopg.InterfaceError)):
+        return False
+    return not isinstance(error, psycopg.Error) or error.sqlstate is None
 
 
 def _stage_columns(sql: ModuleType, count: int) -> pgsql.Composed:

@@ -4,7 +4,8 @@ Three forms share the connection handling and the error classification:
 `SQLiteFlusher.upsert(...)` and `SQLiteFlusher.append(...)` compose their
 statement from the table and column names, quoted; `SQLiteFlusher(path, sql,
 params)` runs a statement of yours. Each writes a batch with one
-`executemany` between `BEGIN` and `COMMIT`.
+`executemany` between `BEGIN` and `COMMIT`, and a batch the database refuses
+row by row, to tell the bad rows from the good.
 """
 
 from __future__ import annotations
@@ -16,13 +17,19 @@ import threading
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, TypeVar, overload
 
+from wbactor._errors import PartialFailure
 from wbactor.flushers._errors import (
     PermanentStoreError,
     StoreError,
     TransientStoreError,
     log_store_error,
 )
-from wbactor.flushers._tables import Target, check_callable, check_pickles
+from wbactor.flushers._tables import (
+    Target,
+    check_callable,
+    check_flag,
+    check_pickles,
+)
 
 if TYPE_CHECKING:
     import os
@@ -104,6 +111,7 @@ class _Settings:
     setup: tuple[str, ...]
     timeout: float
     values: Callable[[Any], Sequence[Any]] | None = None  # upsert's and append's
+    isolate_rows: bool = False
 
 
 class SQLiteFlusher(Generic[T]):
@@ -122,6 +130,13 @@ class SQLiteFlusher(Generic[T]):
     is rolled back and a `PermanentStoreError` or `TransientStoreError` is
     raised from the `sqlite3` error (and `store_error` logged); after a
     transient error the connection is closed, so the next attempt reconnects.
+    With `isolate_rows=True`, when the database refuses a batch of several
+    rows for good (a constraint, a bad parameter), the flusher writes its
+    rows again one statement each, in one transaction, commits the good ones
+    and raises `PartialFailure` naming the bad ones: the queue rejects those
+    alone in one more call, where its bisection needs up to `2 * k *
+    ceil(log2 n)` calls for `k` bad rows in `n`, each of which a flaky store
+    may fail.
     Build the flusher in `Config(flusher_factory=...)`, so each restart gets
     a fresh one and the queue closes it when it retires it. A flusher
     pickles (without its connection), so it can be sent to a worker process,
@@ -136,6 +151,10 @@ class SQLiteFlusher(Generic[T]):
             `CREATE TABLE IF NOT EXISTS ...` or `PRAGMA journal_mode = WAL`.
         timeout: Seconds to wait for a lock held by another connection before
             failing with "database is locked" (a transient error).
+        isolate_rows: On a batch the database refuses for good, tell its bad
+            rows from its good ones in one more transaction, one statement
+            per row, and raise `PartialFailure` for the bad ones. Off by
+            default: the batch is then refused whole, and the queue bisects.
     """
 
     DEFAULT_PRAGMAS: ClassVar[Mapping[str, str | int]] = _DEFAULT_PRAGMAS
@@ -150,7 +169,7 @@ class SQLiteFlusher(Generic[T]):
     constructor sets none: put them in its `setup`.
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0913 - the statement, and how to run it
         self,
         database: str | os.PathLike[str],
         sql: str,
@@ -158,9 +177,20 @@ class SQLiteFlusher(Generic[T]):
         *,
         setup: Sequence[str] = (),
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> None:
         """Describe the writes; connect on the first flush, not here."""
-        self._start(_Settings(database, sql, params, tuple(setup), timeout))
+        check_flag("isolate_rows", isolate_rows)
+        self._start(
+            _Settings(
+                database,
+                sql,
+                params,
+                tuple(setup),
+                timeout,
+                isolate_rows=isolate_rows,
+            )
+        )
 
     @overload
     @classmethod
@@ -175,6 +205,7 @@ class SQLiteFlusher(Generic[T]):
         version: str | None = None,
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[T]: ...
 
     @overload
@@ -190,6 +221,7 @@ class SQLiteFlusher(Generic[T]):
         version: str | None = None,
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[Sequence[Any]]: ...
 
     @classmethod
@@ -204,6 +236,7 @@ class SQLiteFlusher(Generic[T]):
         version: str | None = None,
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[Any]:
         """Upsert each batch into `table`: `INSERT ... ON CONFLICT (key) DO UPDATE`.
 
@@ -229,6 +262,8 @@ class SQLiteFlusher(Generic[T]):
                 `{"synchronous": "FULL"}`; a value of None leaves that PRAGMA
                 as SQLite has it.
             timeout: Seconds to wait for another connection's lock.
+            isolate_rows: Tell a refused batch's bad rows from its good ones
+                in one call, as for the constructor.
 
         Returns:
             A flusher for `Config(flusher_factory=...)`; it connects on its
@@ -238,7 +273,14 @@ class SQLiteFlusher(Generic[T]):
             TypeError, ValueError: A name, PRAGMA or argument is not usable.
         """
         target = Target.of(table, columns, key, version, upsert=True)
-        return cls._composed(path, target, values, pragmas, timeout)
+        return cls._composed(
+            path,
+            target,
+            values=values,
+            pragmas=pragmas,
+            timeout=timeout,
+            isolate_rows=isolate_rows,
+        )
 
     @overload
     @classmethod
@@ -251,6 +293,7 @@ class SQLiteFlusher(Generic[T]):
         values: Callable[[T], Sequence[Any]],
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[T]: ...
 
     @overload
@@ -264,6 +307,7 @@ class SQLiteFlusher(Generic[T]):
         values: None = None,
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[Sequence[Any]]: ...
 
     @classmethod
@@ -276,6 +320,7 @@ class SQLiteFlusher(Generic[T]):
         values: Callable[[Any], Sequence[Any]] | None = None,
         pragmas: Mapping[str, str | int | None] | None = None,
         timeout: float = 5.0,
+        isolate_rows: bool = False,
     ) -> SQLiteFlusher[Any]:
         """Append each batch to `table`: a plain `INSERT` per row, one transaction.
 
@@ -291,6 +336,8 @@ class SQLiteFlusher(Generic[T]):
                 (the default): the item is that row already.
             pragmas: PRAGMAs for each new connection, as for `upsert`.
             timeout: Seconds to wait for another connection's lock.
+            isolate_rows: Tell a refused batch's bad rows from its good ones
+                in one call, as for the constructor.
 
         Returns:
             A flusher for `Config(flusher_factory=...)`.
@@ -299,18 +346,28 @@ class SQLiteFlusher(Generic[T]):
             TypeError, ValueError: A name, PRAGMA or argument is not usable.
         """
         target = Target.of(table, columns, upsert=False)
-        return cls._composed(path, target, values, pragmas, timeout)
+        return cls._composed(
+            path,
+            target,
+            values=values,
+            pragmas=pragmas,
+            timeout=timeout,
+            isolate_rows=isolate_rows,
+        )
 
     @classmethod
-    def _composed(
+    def _composed(  # noqa: PLR0913 - upsert's and append's arguments, passed on
         cls,
         path: str | os.PathLike[str],
         target: Target,
+        *,
         values: Callable[[Any], Sequence[Any]] | None,
         pragmas: Mapping[str, str | int | None] | None,
         timeout: float,
+        isolate_rows: bool,
     ) -> SQLiteFlusher[Any]:
         check_callable("values", values)
+        check_flag("isolate_rows", isolate_rows)
         flusher: SQLiteFlusher[Any] = cls.__new__(cls)
         flusher._start(
             _Settings(
@@ -320,6 +377,7 @@ class SQLiteFlusher(Generic[T]):
                 _pragma_statements(pragmas),
                 timeout,
                 values,
+                isolate_rows,
             )
         )
         return flusher
@@ -351,10 +409,18 @@ class SQLiteFlusher(Generic[T]):
     def flush(self, batch: Sequence[T]) -> None:
         """Write `batch` in one transaction: all of it, or none of it.
 
+        With `isolate_rows`, a batch refused for good is written again row by
+        row, and its good rows are committed.
+
         Raises:
-            PermanentStoreError: The database refused the batch (a constraint,
-                an unknown table or column, a syntax error, a bad parameter
-                such as an int too large for SQLite).
+            PartialFailure: With `isolate_rows`: the database refused some
+                rows of the batch for good; the rest are committed. Its
+                `error` is the first bad row's `PermanentStoreError`.
+            PermanentStoreError: The database refused a batch of one row (a
+                constraint, an unknown table or column, a syntax error, a bad
+                parameter such as an int too large for SQLite); with
+                `isolate_rows`, only a batch of one row, or one whose rows it
+                cannot tell apart.
             TransientStoreError: The database could not take it now (locked,
                 cannot be opened, the connection was closed).
         """
@@ -372,10 +438,60 @@ class SQLiteFlusher(Generic[T]):
                     raise sqlite3.DataError(str(error)) from error
                 db.execute("COMMIT")
             except sqlite3.Error as error:
-                raise self._failed(error) from error
+                store_error = self._failed(error)
+                if settings.isolate_rows and store_error.permanent and len(rows) > 1:
+                    self._row_by_row(rows, store_error)
+                    return
+                raise store_error from error
             except BaseException:
                 self._discard()  # closing rolls back
                 raise
+
+    def _row_by_row(self, rows: Sequence[Any], refused: StoreError) -> None:
+        """Write `rows` one statement each, in one transaction, keeping the good.
+
+        The batch was refused whole (`refused`, permanent): a statement that
+        fails on a constraint or a bad parameter is undone alone, and the
+        transaction goes on. One call then finds every bad row, where the
+        queue's bisection would need about two per bad row per halving.
+
+        Raises:
+            PartialFailure: Some rows were refused; the others are committed.
+                Its `error` is the first row's `PermanentStoreError`.
+            PermanentStoreError: `refused`, when the rows cannot be told apart
+                (the transaction did not survive a failed statement).
+            TransientStoreError: The database failed otherwise meanwhile.
+        """
+        statement = self._settings.statement
+        failed: list[int] = []
+        first: StoreError | None = None
+        try:
+            db = self._connect()
+            db.execute("BEGIN")
+            for index, row in enumerate(rows):
+                try:
+                    try:
+                        db.execute(statement, row)
+                    except (OverflowError, ValueError, TypeError) as error:
+                        raise sqlite3.DataError(str(error)) from error
+                except sqlite3.Error as error:
+                    row_error = _classify(error, broken=not db.in_transaction)
+                    if not row_error.permanent:
+                        raise
+                    failed.append(index)
+                    first = first or row_error
+            db.execute("COMMIT")
+        except sqlite3.Error as error:
+            if not self._rollback() or not _classify(error, broken=False).permanent:
+                raise self._failed(error) from error
+            # The failed statement ended the transaction (an ON CONFLICT
+            # ROLLBACK clause): the rows cannot be told apart here.
+            raise refused from error
+        except BaseException:
+            self._discard()
+            raise
+        if failed:
+            raise PartialFailure(failed, first or refused)
 
     def close(self) -> None:
         """Close the connection, if open. Safe to call more than once."""

@@ -248,3 +248,10 @@ def check_callable(what: str, value: object) -> None:
     if value is not None and not callable(value):
         msg = f"{what} must be a callable or None, not {type(value).__name__}"
         raise TypeError(msg)
+
+
+def check_flag(what: str, value: object) -> None:
+    """Raise `TypeError` unless `value` is a bool (not 1, not "yes")."""
+    if not isinstance(value, bool):
+        msg = f"{what} must be True or False, not {type(value).__name__}"
+        raise TypeError(msg)
