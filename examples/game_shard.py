@@ -23,8 +23,9 @@ range of player ids, against one database. `--cpu-load` spins a CPU-bound
 thread beside the players, and `--flusher-process` moves the flusher to a
 worker process, out of their GIL; the summary shows the rows written per
 second and the spinning thread's loop turns per second. `--poison P` gives a
-share P of the players a state the table's CHECK refuses: the queue isolates
-each of those rows by bisection and drops it as `rejected`, and the verdict
+share P of the players a state the table's CHECK refuses: each of those rows
+is isolated (by SQLite row by row, by the queue's bisection on PostgreSQL)
+and dropped as `rejected`, and the verdict
 checks that every other player's latest state is stored all the same, and
 that no poisoned one is.
 
@@ -214,10 +215,14 @@ class StoreFlusher(Protocol):
 # A PlayerState is a row already (a NamedTuple in COLUMNS order), so no
 # values= function is needed. version="seq" adds the guard WHERE
 # excluded.seq > game_shard_players.seq: a row only ever moves forward.
+# isolate_rows=True: when the CHECK refuses a batch (--poison), SQLite tells
+# the bad rows from the good in one more call, one statement per row, where
+# the queue's bisection would need a dozen calls per bad row, each of which a
+# flaky store (--faults) may fail or hang.
 def sqlite_flusher(path: Path) -> StoreFlusher:
     """Upsert into the SQLite file (WAL and synchronous=NORMAL by default)."""
     return SQLiteFlusher.upsert(
-        path, TABLE, COLUMNS, "player_id", version="seq", timeout=5.0
+        path, TABLE, COLUMNS, "player_id", version="seq", isolate_rows=True
     )
 
 

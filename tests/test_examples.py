@@ -81,6 +81,15 @@ def test_game_shard_stores_every_player_but_the_poisoned() -> None:
     assert f"dropped {rejected} (rejected {rejected});" in out
 
 
+def test_game_shard_rejects_poison_on_a_flaky_store() -> None:
+    # Each batch holds bad rows and each call may fail or hang: isolating
+    # them must not outlast the final drain.
+    out = run_example(_GAME_SHARD, *_SHORT, "--faults", "0.3", "--poison", "0.1")
+    assert "OK: all 45 players' latest states are stored, and none of the 5 " in out
+    rejected = rejected_in(out)
+    assert f"dropped {rejected} (rejected {rejected});" in out  # nothing closed
+
+
 def test_game_shard_writes_through_a_flusher_process_under_cpu_load() -> None:
     out = run_example(_GAME_SHARD, *_SHORT, "--cpu-load", "--flusher-process")
     assert "rows (" in out
