@@ -185,9 +185,14 @@ def main() -> None:
     if args.child:
         child(args.child[0], args.child[1], int(args.child[2]))
         return
-    import structlog  # noqa: PLC0415 - the parent only
+    import logging  # noqa: PLC0415 - the parent only
 
-    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+    import structlog  # noqa: PLC0415
+
+    structlog.configure(  # INFO, as in production: batch_flushed is filtered out
+        wrapper_class=structlog.make_filtering_bound_logger(logging.INFO),
+        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+    )
     if args.quick:
         args.items, args.rounds, args.kills = 100_000, 3, 5
     print(f"CPU: {_cpu()}, {os.cpu_count()} cores; Python {platform.python_version()}")
