@@ -161,6 +161,8 @@ class Admitted(Generic[T]):
             self._admission.push(item, 0)
         else:
             self._admission.offer(item)
+        with self.ledger.lock:  # as a snapshot does: count lock-free refusals
+            self.buf.fold_refusals()
         new = self.dropped_calls[before:]
         assert len(new) <= 1
         return (new[0][0],) if new else None

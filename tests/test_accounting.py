@@ -332,3 +332,57 @@ def test_pushes_do_not_wake_the_actor_until_a_full_batch_waits(
         assert flusher.wait_for_batches(2) == list(range(99)) + list(range(100, 200))
         assert flusher.batches[1] == list(range(100, 200))
         assert clock.now() == 0.0
+
+
+def test_a_full_drop_newest_queue_refuses_without_waiting_for_the_lock(
+    clock: ManualClock,
+) -> None:
+    # Four producers flooding a full queue took the lock once per refusal:
+    # with a thread reading stats() in a loop, the flusher waited seconds
+    # for it. White-box: another thread holds the lock while a producer
+    # floods; every refusal is made (on_drop called) all the same, and the
+    # next snapshot counts them.
+    drops: DropRecorder[int] = DropRecorder()
+    config: wbactor.Config[int] = wbactor.Config(
+        capacity=3,
+        flusher=RecordingFlusher(),
+        batch_size=10,
+        policy=Policy.DROP_NEWEST,
+        on_drop=drops,
+        clock=clock,
+    )
+    with wbactor.start(config) as wb:
+        lock: Any = wb._ledger.lock
+        taken, release, refused = (
+            threading.Event(),
+            threading.Event(),
+            threading.Event(),
+        )
+
+        def hold() -> None:
+            with lock:
+                taken.set()
+                release.wait(5)
+
+        def flood() -> None:
+            for item in range(3, 1003):
+                wb.ref.tell(Push(item))
+            refused.set()
+
+        wb.ref.tell(PushMany([0, 1, 2]))
+        holder = threading.Thread(target=hold)
+        holder.start()
+        try:
+            assert taken.wait(5)
+            producer = threading.Thread(target=flood)
+            producer.start()
+            assert refused.wait(5), "a refusal waited for the queue's lock"
+        finally:
+            release.set()
+            holder.join(5)
+        producer.join(5)
+        assert len(drops.items) == 1000
+        stats = wb.stats()
+        assert stats.dropped == {DropReason.DROP_NEWEST: 1000}
+        assert stats.pushed == 1003 == accounted(stats)
+        assert stats.depth == 3

@@ -31,7 +31,12 @@ follows each queue's positions on its own (its lane in the file).
 Nothing counts items as they are appended: `tail` is `head + len`, and
 `pushed` follows from it. So admission may `append` to `items` without the
 lock (a single, GIL-atomic `deque.append`), as long as everything that
-*removes* items holds it; the counts stay exact at every snapshot.
+*removes* items holds it; the counts stay exact at every snapshot. A
+DROP_NEWEST refusal of a full queue takes no lock either: it ticks a count
+(`count_refusal`, `_ticks.py`), and `fold_refusals()`, lock held, counts the
+ticks into `rejected` and `dropped` before a snapshot.
+Until then a refusal is in neither `pushed` nor `dropped`, so every snapshot
+still adds up.
 """
 
 from __future__ import annotations
@@ -42,9 +47,10 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 from wbactor._config import Policy
 from wbactor._flight import Flight
 from wbactor._stats import DropReason, LaneStats, Stats
+from wbactor._ticks import Ticks
 
 if TYPE_CHECKING:
-    from collections.abc import Hashable
+    from collections.abc import Callable, Hashable
 
 __all__ = ["LaneQueue", "PolicyBuffer"]
 
@@ -179,6 +185,10 @@ class PolicyBuffer(Generic[T]):
         self.retries = 0
         self.restarts = 0
         self.dropped: dict[DropReason, int] = dict.fromkeys(DropReason, 0)
+        # DROP_NEWEST refusals counted without the lock, by producers.
+        self._refusals = Ticks()
+        self.count_refusal: Callable[[], int] = self._refusals.tick
+        self._refusals_folded = 0
         # -- journal: off (None, 0) unless track_journal() turned it on.
         self.base_capacity = capacity  # `capacity` stays above it after a recovery
         self.recovered = 0
@@ -350,6 +360,19 @@ class PolicyBuffer(Generic[T]):
         """Count an item refused at the door (`closed`, `push_timeout`, ...)."""
         self.rejected += 1
         self.dropped[reason] += 1
+
+    def fold_refusals(self) -> None:
+        """Count (lock held) the `count_refusal` ticks since the last fold.
+
+        Not called by `Ledger.peek`, which changes nothing: there a refusal
+        not yet folded is in neither `pushed` nor `dropped`.
+        """
+        total = self._refusals.read()
+        new = total - self._refusals_folded
+        if new > 0:  # a fold re-entered from a signal handler may run ahead
+            self._refusals_folded = total
+            self.rejected += new
+            self.dropped[_NEWEST] += new
 
     # -- pushing into lanes (routed) ------------------------------------------
 

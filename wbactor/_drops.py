@@ -14,6 +14,7 @@ import threading
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 from wbactor._log import ON_DROP_FAILED, describe
+from wbactor._ticks import Ticks
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -77,10 +78,14 @@ class DropReporter(Generic[T]):
         """Report to `drop_log` and `on_drop`; `threads` decides what may escape."""
         self._log = log
         self._drop_log = drop_log
+        # Items handed over so far (to `on_drop`, if any): compared with the
+        # drops the ledger counted, they tell whether a report is still due.
+        # One item (a refusal, an eviction) ticks without a lock; more are
+        # added under `_told`, which a waiter holds to read both.
         self._told = threading.Condition()
-        self.reported = 0
-        """Items handed over so far (to `on_drop`, if any): compared with the
-        drops the ledger counted, it tells whether a report is still due."""
+        self._reported_one = Ticks()
+        self._reported_many = 0
+        self._waiting = 0  # wait_reported calls waiting, changed under _told
         self._on_drop = on_drop
         self._threads = threads
 
@@ -93,14 +98,34 @@ class DropReporter(Generic[T]):
         try:
             self._hand_over(items, reason)
         finally:
-            with self._told:
-                self.reported += len(items)
-                self._told.notify_all()
+            if len(items) == 1:
+                self._reported_one.tick()
+                # A waiter counts itself (under _told) before it reads the
+                # count: it saw this tick, or it is counted here and woken.
+                if self._waiting:
+                    with self._told:
+                        self._told.notify_all()
+            else:
+                with self._told:
+                    self._reported_many += len(items)
+                    self._told.notify_all()
+
+    def _reported(self) -> int:
+        """Return the items handed over so far (`_told` held)."""
+        return self._reported_many + self._reported_one.read()
 
     def wait_reported(self, counted: Callable[[], int], timeout: float) -> bool:
         """Wait until every drop `counted()` returns has been reported."""
+
+        def done() -> bool:
+            return self._reported() >= counted()
+
         with self._told:
-            return self._told.wait_for(lambda: self.reported >= counted(), timeout)
+            self._waiting += 1
+            try:
+                return self._told.wait_for(done, timeout)
+            finally:
+                self._waiting -= 1
 
     def _hand_over(self, items: list[T], reason: DropReason) -> None:
         self._drop_log.note(reason, len(items))

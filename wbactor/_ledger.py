@@ -408,6 +408,7 @@ class Ledger(Generic[T]):
         Evicting here is what lets `Stats.depth` never exceed `capacity`.
         """
         buffer = self.buffer
+        buffer.fold_refusals()
         length = len(buffer)  # once: producers may append meanwhile
         dropped = [] if self._stopped else buffer.evict_overflow(length)
         if dropped and self._flushes:

@@ -13,9 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from wbactor._stats import DropReason
+from wbactor._ticks import Ticks
+
 if TYPE_CHECKING:
     from wbactor._clock import Clock
-    from wbactor._stats import DropReason
 
 __all__ = [
     "FLUSHING_FOR",
@@ -147,43 +149,61 @@ class DropLog:
         self._lock = threading.Lock()
         self._pending: dict[DropReason, int] = {}
         self._last: dict[DropReason, float] = {}
+        # One drop at a time (a refusal, an eviction) ticks without the lock;
+        # the ticks are folded into `_pending` under it (`_fold`).
+        self._ones = {reason: Ticks() for reason in DropReason}
+        self._ones_folded = dict.fromkeys(DropReason, 0)
 
     def note(self, reason: DropReason, count: int) -> None:
         """Count `count` drops; log them now if this reason's second is up."""
         now = self._clock.now()
         # Called for every drop, once per push under a flood into a full
-        # queue: no `with` (it binds __enter__/__exit__ each time), and no
-        # further call while the reason's second is not up.
-        lock = self._lock
-        lock.acquire()
-        try:
-            pending = self._pending
-            pending[reason] = pending.get(reason, 0) + count
+        # queue: a single drop takes no lock while the reason's second is not
+        # up (a lock there makes producers queue up for it, `_ticks.py`).
+        if count == 1:
+            self._ones[reason].tick()
             last = self._last.get(reason)
             if last is not None and now - last < DROP_LOG_INTERVAL:
                 return
+        lock = self._lock
+        lock.acquire()
+        try:
+            if count != 1:
+                pending = self._pending
+                pending[reason] = pending.get(reason, 0) + count
             due = self._take_due(now, reason)
         finally:
             lock.release()
         self._emit(due)
+
+    def _fold(self, reason: DropReason) -> None:
+        """Count (lock held) the single drops of `reason` ticked since the last fold."""
+        total = self._ones[reason].read()
+        new = total - self._ones_folded[reason]
+        if new > 0:
+            self._ones_folded[reason] = total
+            self._pending[reason] = self._pending.get(reason, 0) + new
 
     def flush_due(self) -> None:
         """Log every reason whose second is up."""
         now = self._clock.now()
         with self._lock:
             due: list[tuple[DropReason, int]] = []
-            for reason in list(self._pending):
+            for reason in DropReason:
                 due += self._take_due(now, reason)
         self._emit(due)
 
     def flush_all(self) -> None:
         """Log whatever is pending, whatever the time (at stop)."""
         with self._lock:
+            for reason in DropReason:
+                self._fold(reason)
             due = [(r, n) for r, n in self._pending.items() if n]
             self._pending.clear()
         self._emit(due)
 
     def _take_due(self, now: float, reason: DropReason) -> list[tuple[DropReason, int]]:
+        self._fold(reason)
         count = self._pending.get(reason, 0)
         last = self._last.get(reason)
         if count and (last is None or now - last >= DROP_LOG_INTERVAL):

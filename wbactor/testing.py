@@ -221,20 +221,26 @@ class GatedFlusher(RecordingFlusher[T]):
 class DropRecorder(Generic[T]):
     """An `on_drop` that keeps every `(item, reason)` it is given, for assertions.
 
-    Pass it as `Config(on_drop=...)`. The queue calls it from its own threads,
-    so every read takes the lock and returns a copy.
+    Pass it as `Config(on_drop=...)`. The queue calls it from producers' and
+    its own threads; every read returns a copy. A call takes no lock unless a
+    `wait_for` is waiting: producers flooding a full queue each call it once
+    per refused item, and a lock there would make them queue up for it.
     """
 
     def __init__(self) -> None:
         """Start with no drops."""
         self._cond = threading.Condition()
         self._calls: list[tuple[T, DropReason]] = []
+        self._waiting = 0  # wait_for calls waiting, changed with the lock held
 
     def __call__(self, item: T, reason: DropReason) -> None:
         """Record that `item` was dropped for `reason`."""
-        with self._cond:
-            self._calls.append((item, reason))
-            self._cond.notify_all()
+        self._calls.append((item, reason))  # atomic under the GIL
+        # A waiter counts itself (lock held) before it reads the calls, so it
+        # either sees this one or is counted here and is woken.
+        if self._waiting:
+            with self._cond:
+                self._cond.notify_all()
 
     @property
     def calls(self) -> list[tuple[T, DropReason]]:
@@ -261,7 +267,12 @@ class DropRecorder(Generic[T]):
             TimeoutError: fewer than `count` after `timeout` seconds.
         """
         with self._cond:
-            if not self._cond.wait_for(lambda: len(self._calls) >= count, timeout):
+            self._waiting += 1
+            try:
+                done = self._cond.wait_for(lambda: len(self._calls) >= count, timeout)
+            finally:
+                self._waiting -= 1
+            if not done:
                 msg = f"wanted {count}, have {len(self._calls)} drops in {timeout} s"
                 raise TimeoutError(msg)
             return list(self._calls)
