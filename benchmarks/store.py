@@ -8,7 +8,9 @@ table, half of them updates of rows already there:
   `executemany`, one `INSERT ... SELECT FROM unnest(...)` with binary arrays,
   and binary COPY into a temporary table then `INSERT ... SELECT ... ON
   CONFLICT`; for appends `executemany` and binary COPY; for SQLite
-  `executemany` (WAL, `synchronous = NORMAL`);
+  `executemany` (WAL, `synchronous = NORMAL`). The one-statement methods
+  (the `unnest` upsert, the COPY append) run in autocommit too, as the
+  flushers do, which saves the `BEGIN` and `COMMIT` exchanges;
 - through the queue: `wbactor.start` with a `flusher_factory`, the rows
   pushed with `PushMany`, then `flush()`; timed from the first push to the
   return of `flush()`, when every row is committed (the flusher has
@@ -177,11 +179,17 @@ Method = Callable[[list[Row], int], float]
 """Writes the rows in batches of the given size; returns the seconds it took."""
 
 
-def raw(dsn: str, write: Write, setup: str = "SELECT 1") -> Method:
-    """`write` every batch on one connection, made (and `setup`) off the clock."""
+def raw(
+    dsn: str, write: Write, setup: str = "SELECT 1", *, autocommit: bool = False
+) -> Method:
+    """`write` every batch on one connection, made (and `setup`) off the clock.
+
+    In `autocommit`, each statement is its own transaction and `commit()`
+    does nothing: a one-statement write is one exchange with the server.
+    """
 
     def run(rows: list[Row], batch_size: int) -> float:
-        with psycopg.connect(dsn) as conn:
+        with psycopg.connect(dsn, autocommit=autocommit) as conn:
             conn.execute(setup)
             conn.commit()
             started = time.perf_counter()
@@ -325,6 +333,12 @@ def scenarios(dsn: str, sqlite_path: Path) -> list[Scenario]:
         ("Ue", "pg-upsert", "raw executemany", raw(dsn, pg_executemany(UPSERT))),
         ("Uu", "pg-upsert", "raw unnest(binary arrays)", raw(dsn, pg_unnest)),
         (
+            "Ua",
+            "pg-upsert",
+            "raw unnest(binary arrays), autocommit",
+            raw(dsn, pg_unnest, autocommit=True),
+        ),
+        (
             "Uc",
             "pg-upsert",
             "raw binary COPY + INSERT..SELECT",
@@ -334,6 +348,12 @@ def scenarios(dsn: str, sqlite_path: Path) -> list[Scenario]:
         ("Qu", "pg-upsert", "PostgresFlusher.upsert via queue", queued(upsert)),
         ("Ae", "pg-append", "raw executemany", raw(dsn, pg_executemany(INSERT))),
         ("Ac", "pg-append", "raw binary COPY", raw(dsn, pg_copy_append)),
+        (
+            "Aa",
+            "pg-append",
+            "raw binary COPY, autocommit",
+            raw(dsn, pg_copy_append, autocommit=True),
+        ),
         ("Qa", "pg-append", "PostgresFlusher.append via queue", queued(append)),
         ("Se", "sqlite", "raw executemany", sqlite_raw(sqlite_path)),
         ("Qs", "sqlite", "SQLiteFlusher.upsert via queue, a thread", queued(lite)),
@@ -381,9 +401,12 @@ class Target:
 
 TARGETS = (
     Target(
-        "PostgresFlusher.upsert / fastest raw upsert", "Qu", ("Ue", "Uu", "Uc"), 0.9
+        "PostgresFlusher.upsert / fastest raw upsert",
+        "Qu",
+        ("Ue", "Uu", "Ua", "Uc"),
+        0.9,
     ),
-    Target("PostgresFlusher.append / raw COPY", "Qa", ("Ac",), 0.9),
+    Target("PostgresFlusher.append / fastest raw COPY", "Qa", ("Ac", "Aa"), 0.9),
     Target("SQLiteFlusher.upsert, a thread / raw executemany", "Qs", ("Se",), 0.9),
     Target("SQLiteFlusher.upsert, a process / raw executemany", "Qw", ("Se",), 0.9),
 )
