@@ -42,7 +42,7 @@ still adds up.
 from __future__ import annotations
 
 from collections import OrderedDict, deque
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from wbactor._config import Policy
 from wbactor._flight import Flight
@@ -651,20 +651,28 @@ class PolicyBuffer(Generic[T]):
         The length is read once (or given as `depth`): another thread may
         append meanwhile, and `pushed` and `depth` must agree on it.
         """
+        return Stats(**self.counters(now, depth), lanes=lanes)
+
+    def counters(self, now: float, depth: int | None = None) -> dict[str, Any]:
+        """Return the counters of a snapshot as plain values, `lanes` aside.
+
+        Copying them is all a snapshot must do under the lock; the `Stats`
+        can be built from them after it is let go (`Ledger.stats`).
+        """
         if depth is None:
             depth = len(self)
-        return Stats(
-            pushed=self.head + depth + self.coalesced + self.rejected - self.recovered,
-            flushed=self.flushed,
-            coalesced=self.coalesced,
-            dropped=Stats.freeze_dropped(self.dropped),
-            retries=self.retries,
-            restarts=self.restarts,
-            batches=self.batches,
-            depth=depth,
-            in_flight=self.in_flight_count(),
-            oldest_age=self.oldest_age(now) if depth else 0.0,
-            recovered=self.recovered,
-            journaled=self.journaled,
-            lanes=lanes,
-        )
+        pushed = self.head + depth + self.coalesced + self.rejected - self.recovered
+        return {
+            "pushed": pushed,
+            "flushed": self.flushed,
+            "coalesced": self.coalesced,
+            "dropped": dict(self.dropped),
+            "retries": self.retries,
+            "restarts": self.restarts,
+            "batches": self.batches,
+            "depth": depth,
+            "in_flight": self.in_flight_count(),
+            "oldest_age": self.oldest_age(now) if depth else 0.0,
+            "recovered": self.recovered,
+            "journaled": self.journaled,
+        }

@@ -37,7 +37,7 @@ import pykka
 from wbactor._attempts import Attempts
 from wbactor._buffer import PolicyBuffer
 from wbactor._errors import QueueClosedError
-from wbactor._stats import DropReason, LaneStats
+from wbactor._stats import DropReason, LaneState, LaneStats, Stats
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from wbactor._drops import ActorThreads
     from wbactor._flight import Flight
     from wbactor._journal import Journal
-    from wbactor._stats import Stats
 
 __all__ = ["Dropped", "Ledger"]
 
@@ -58,6 +57,14 @@ _PUSH_TIMEOUT = DropReason.PUSH_TIMEOUT
 
 Dropped = tuple[list[T], DropReason]
 """Items a ledger method evicted, and why: the caller reports them."""
+
+_Lane = tuple[int, int, int, LaneState]
+"""A lane's `LaneStats` fields, copied under the lock."""
+
+
+def _built(counters: dict[str, Any], lanes: list[_Lane]) -> Stats:
+    """Build the `Stats` of counters a snapshot copied (no lock needed)."""
+    return Stats(**counters, lanes=tuple(LaneStats(*lane) for lane in lanes))
 
 
 class Ledger(Generic[T]):
@@ -386,9 +393,15 @@ class Ledger(Generic[T]):
         return min(len(self.buffer), self.capacity)
 
     def stats(self) -> tuple[Stats, Dropped[T] | None]:
-        """Return a consistent snapshot, and the overshoot it evicted first."""
+        """Return a consistent snapshot, and the overshoot it evicted first.
+
+        Only the counters are copied under the lock; the `Stats` is built
+        after, so a reader in a loop holds the lock producers evict under
+        (DROP_OLDEST, a push into a full queue) for as short a time as it can.
+        """
         with self.lock:
-            return self._snapshot()
+            counters, lanes, evicted = self._counters()
+        return _built(counters, lanes), evicted
 
     def peek(self) -> Stats:
         """Return a snapshot that changes nothing (no eviction of an overshoot).
@@ -403,7 +416,12 @@ class Ledger(Generic[T]):
             return buffer.stats(self._clock.now(), depth, self._lane_stats(depth))
 
     def _snapshot(self) -> tuple[Stats, Dropped[T] | None]:
-        """Snapshot the counters (lock held), first evicting any overshoot.
+        """Snapshot the counters (lock held), first evicting any overshoot."""
+        counters, lanes, evicted = self._counters()
+        return _built(counters, lanes), evicted
+
+    def _counters(self) -> tuple[dict[str, Any], list[_Lane], Dropped[T] | None]:
+        """Copy the counters (lock held), first evicting any overshoot.
 
         Evicting here is what lets `Stats.depth` never exceed `capacity`.
         """
@@ -414,18 +432,23 @@ class Ledger(Generic[T]):
         if dropped and self._flushes:
             self._answer_flushes()
         depth = length - len(dropped)
-        stats = buffer.stats(self._clock.now(), depth, self._lane_stats(depth))
-        return stats, (dropped, buffer.overflow_reason) if dropped else None
+        counters = buffer.counters(self._clock.now(), depth)
+        lanes = self._lane_figures(depth)
+        return counters, lanes, (dropped, buffer.overflow_reason) if dropped else None
 
     def _lane_stats(self, depth: int) -> tuple[LaneStats, ...]:
         """Return (lock held) each lane's figures; their depths sum to `depth`."""
+        return tuple(LaneStats(*lane) for lane in self._lane_figures(depth))
+
+    def _lane_figures(self, depth: int) -> list[_Lane]:
+        """Return (lock held) each lane's depth, in flight, failures and state."""
         buffer = self.buffer
         depths = buffer.lane_depths() if buffer.routed else [depth]
         depths += [0] * (len(self.flights) - len(depths))
-        return tuple(
-            LaneStats(depths[i], len(flight), *self.lanes[i].lane_state())
+        return [
+            (depths[i], len(flight), *self.lanes[i].lane_state())
             for i, flight in enumerate(self.flights)
-        )
+        ]
 
     def abandon(self) -> Dropped[T]:
         """Give up on everything queued or in flight, in every lane (stop ran out).
