@@ -68,6 +68,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
 import structlog
+from _machine import cpu_model
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
@@ -801,15 +802,7 @@ def version(dist: str) -> str:
 
 def machine() -> str:
     """Describe the CPU, the interpreter and the versions that matter."""
-    cpu = platform.processor() or "?"
-    try:
-        with Path("/proc/cpuinfo").open() as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
+    cpu = cpu_model()
     return (
         f"{cpu}, {os.cpu_count()} cores; "
         f"{platform.python_implementation()} {platform.python_version()}, "

@@ -22,7 +22,6 @@ lock-free count and whose consumer takes batches of 10.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import itertools
 import logging
 import platform
@@ -30,10 +29,10 @@ import statistics
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
 import structlog
+from _machine import cpu_model
 
 import wbactor
 from wbactor import Policy, Push
@@ -160,15 +159,6 @@ SCENARIOS: dict[str, tuple[str, Run]] = {
     "N": ("wbactor DROP_NEWEST", queued(Policy.DROP_NEWEST)),
     "O": ("wbactor DROP_OLDEST", queued(Policy.DROP_OLDEST)),
 }
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

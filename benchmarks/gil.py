@@ -64,6 +64,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import structlog
+from _machine import cpu_model
 
 import wbactor
 
@@ -304,12 +305,7 @@ def version(dist: str) -> str:
 
 def machine() -> str:
     """Describe the CPU, the interpreter and the versions that matter."""
-    cpu = platform.processor() or "?"
-    with contextlib.suppress(OSError), Path("/proc/cpuinfo").open() as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = cpu_model()
     return (
         f"{cpu}, {os.cpu_count()} cores; "
         f"{platform.python_implementation()} {platform.python_version()}, "

@@ -35,20 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from _machine import cpu_model
+
 import wbactor
 from wbactor._journalfile import peek
 
 INTERVAL = 0.05
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 class Sink:
@@ -195,7 +187,8 @@ def main() -> None:
     )
     if args.quick:
         args.items, args.rounds, args.kills = 100_000, 3, 5
-    print(f"CPU: {_cpu()}, {os.cpu_count()} cores; Python {platform.python_version()}")
+    cores, python = os.cpu_count(), platform.python_version()
+    print(f"CPU: {cpu_model()}, {cores} cores; Python {python}")
     with tempfile.TemporaryDirectory() as folder:
         figures = producer_and_throughput(args.items, args.rounds, folder)
         t0, t1 = figures["tell_ns"], figures["tell_ns_journal"]

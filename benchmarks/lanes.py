@@ -47,6 +47,7 @@ import wbactor
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import latency_proxy
 import store
+from _machine import cpu_model
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
@@ -296,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "# Lanes benchmark",
         "",
         (
-            f"CPU: {store.cpu_model()}; Python {sys.version.split()[0]}; "
+            f"CPU: {cpu_model()}; Python {sys.version.split()[0]}; "
             f"{args.rounds} rounds; median [min-max], rows/s"
         ),
         f"Command: python benchmarks/lanes.py {shlex.join(sys.argv[1:])}".rstrip(),

@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import structlog
+from _machine import cpu_model
 from psycopg import sql
 
 import wbactor
@@ -413,15 +414,6 @@ TARGETS = (
 
 Rates = dict[tuple[str, int], list[float]]
 """Rows per second of each (scenario key, batch size), one per round."""
-
-
-def cpu_model() -> str:
-    """The CPU's model name, as /proc/cpuinfo gives it."""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
