@@ -16,7 +16,7 @@ producers can overshoot `capacity` by one item each, for an instant, until
 one of them evicts. A lock on every push convoys under the GIL (four
 producers went 4x slower than one, with a context switch every other push).
 So a DROP_NEWEST refusal of a full queue takes no lock either: it ticks a
-count the next snapshot folds in (`PolicyBuffer.count_refusal`), and its
+count the next snapshot folds in (`Ledger.count_refusal`), and its
 report ticks too (`_ticks.py`). Taken for each refusal, the lock let four
 producers flooding a full queue, with a thread reading `stats()`, keep the
 flusher from it for seconds.
@@ -214,17 +214,6 @@ class DropNewest(Admission[T]):
 
     policy = Policy.DROP_NEWEST
 
-    def __init__(
-        self,
-        config: Config[T],
-        ledger: Ledger[T],
-        drops: DropReporter[T],
-        log: QueueLog,
-    ) -> None:
-        """Admit items, refusing them without the lock when the queue is full."""
-        super().__init__(config, ledger, drops, log)
-        self._count_refusal = ledger.buffer.count_refusal
-
     def offer(self, item: T) -> None:
         """Append `item` without a lock unless the queue is full."""
         ledger = self._ledger
@@ -233,7 +222,7 @@ class DropNewest(Admission[T]):
             return
         items = self._items
         if len(items) >= ledger.capacity:
-            self._count_refusal()  # no lock: a snapshot folds it in
+            ledger.count_refusal()  # no lock: a snapshot folds it in
             self._drops.report([item], _NEWEST)
             return
         items.append(item)

@@ -88,8 +88,10 @@ class Ledger(Generic[T]):
         self.flights = self.buffer.flights
         self.capacity = config.capacity
         self._batch_size = config.batch_size
-        # The queues themselves, for admission's lock-free appends and look-ups.
+        # The queues themselves, for admission's lock-free appends and look-ups,
+        # and the lock-free count of DROP_NEWEST refusals.
         self.items = self.buffer.items
+        self.count_refusal = self.buffer.count_refusal
         self.by_key = self.buffer.by_key
         self.closed = False  # takes no more items
         self._stopped = False  # the queue actor stopped: its final Stats are taken

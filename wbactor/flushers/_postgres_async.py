@@ -93,10 +93,11 @@ class AsyncPostgresFlusher(Generic[T]):
     ) -> AsyncPostgresFlusher[Any]:
         """Upsert each batch into `table`, as `PostgresFlusher.upsert` does.
 
-        Binary COPY into a temporary table, then one `INSERT ... SELECT ...
-        ON CONFLICT (key) DO UPDATE`, in one transaction; of rows of a batch
-        that repeat a key the last wins, or with `version` the highest.
-        Arguments as for `PostgresFlusher.upsert`.
+        One `INSERT ... SELECT ... ON CONFLICT (key) DO UPDATE` per batch, in
+        one transaction, its rows sent as binary arrays (or, for the types
+        that cannot go that way, copied into a temporary table first); of
+        rows of a batch that repeat a key the last wins, or with `version`
+        the highest. Arguments as for `PostgresFlusher.upsert`.
         """
         return cls._of(
             PostgresFlusher.upsert(
